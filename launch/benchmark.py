@@ -1,0 +1,105 @@
+"""Benchmarks: sampler and train-step speed against PyTorch transformers, env throughput, and one
+end-to-end training iteration. Writes docs/BENCHMARKS.md and docs/benchmarks.json with the machine.
+
+  python -m launch.benchmark --suites=model,envs,e2e
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import platform
+
+from absl import app, flags
+
+SUITES = ("model", "envs", "e2e")
+_SUITES = flags.DEFINE_list("suites", list(SUITES), f"which benchmarks to run, of {SUITES}")
+_OUT = flags.DEFINE_string("out", "docs", "folder for BENCHMARKS.md and benchmarks.json")
+_QUICK = flags.DEFINE_bool("quick", False, "smaller sizes (a smoke run, not for reporting)")
+
+
+def machine() -> dict:
+  import jax
+  info = {"platform": platform.platform(), "python": platform.python_version(),
+          "cpu_count": os.cpu_count(), "jax": jax.__version__,
+          "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend()}
+  try:
+    import psutil
+    info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+  except ImportError:
+    pass
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    info["cpu"] = names[0] if names else platform.processor()
+  except OSError:
+    info["cpu"] = platform.processor()
+  return info
+
+
+def _fmt(value) -> str:
+  if value is None:
+    return "–"
+  if isinstance(value, float):
+    return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+  return str(value)
+
+
+def render(rows: list[dict], info: dict) -> str:
+  """Markdown: one table per group of rows."""
+  lines = ["# Benchmarks", "",
+           f"Written by `python -m launch.benchmark` on {info['date']}.", "",
+           "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "date"), ""]
+  groups: dict[str, list[dict]] = {}
+  for row in rows:
+    groups.setdefault(row["group"], []).append(row)
+  for group, group_rows in groups.items():
+    lines += [f"## {group}", "",
+              "| metric | ours | reference | ratio | unit | target | met | notes |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in group_rows:
+      ref = r.get("reference")
+      ratio = r["ours"] / ref if ref else None
+      ref_cell = f"{_fmt(ref)} ({r['reference_name']})" if ref is not None else "–"
+      met = {True: "yes", False: "**no**", None: "–"}[r.get("met")]
+      lines.append(f"| {r['metric']} | {_fmt(r['ours'])} | {ref_cell} | {_fmt(ratio)} | "
+                   f"{r.get('unit', '')} | {r.get('target', '')} | {met} | {r.get('notes', '')} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  unknown = [s for s in _SUITES.value if s not in SUITES]
+  if unknown:
+    raise app.UsageError(f"unknown suites {unknown}; valid: {', '.join(SUITES)}")
+  info = machine()
+  info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  rows = []
+  for suite in _SUITES.value:
+    module = importlib.import_module(f"launch.benchmarks.{suite}")
+    rows += module.run(quick=_QUICK.value)
+  os.makedirs(_OUT.value, exist_ok=True)
+  json_path = os.path.join(_OUT.value, "benchmarks.json")
+  previous = {}
+  if os.path.exists(json_path):
+    with open(json_path) as f:
+      previous = json.load(f)
+  # Rows of suites not run this time (or from another machine, e.g. a GPU) are kept.
+  key = lambda r: (r["group"], r["metric"], r.get("machine", ""))
+  merged = {key(r): r for r in previous.get("rows", [])}
+  for r in rows:
+    r.setdefault("machine", info["backend"])
+    merged[key(r)] = r
+  rows = list(merged.values())
+  with open(json_path, "w") as f:
+    json.dump({"machine": info, "rows": rows}, f, indent=1)
+  with open(os.path.join(_OUT.value, "BENCHMARKS.md"), "w") as f:
+    f.write(render(rows, info))
+  print(render(rows, info))
+
+
+if __name__ == "__main__":
+  app.run(main)
