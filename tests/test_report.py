@@ -1,0 +1,35 @@
+"""The report writer produces results.json, report.md and plots whose numbers come from the evals."""
+
+import json
+import os
+
+from agentgen_jax.study import metrics, report
+
+
+def _eval(stage, env, score, trained):
+  return {"stage": stage, "trained_on": trained, "env": env, "split": "test", "difficulty": "all",
+          "n_tasks": 5, "k": 2, "avg_success": score, "avg_score": score, "pass_at_k": min(1.0, 2 * score),
+          "mean_turns": 4.0, "mean_tokens": 120.0, "invalid_rate": 0.1}
+
+
+def test_report_files_and_numbers(tmp_path):
+  evals = [_eval("base", "a", 0.1, []), _eval("base", "b", 0.2, []),
+           _eval("after:a", "a", 0.6, ["a"]), _eval("after:a", "b", 0.25, ["a"]),
+           _eval("after:b", "a", 0.4, ["a", "b"]), _eval("after:b", "b", 0.7, ["a", "b"])]
+  stages = ["base", "after:a", "after:b"]
+  r = metrics.r_matrix(evals, stages, ["a", "b"])
+  seq = dict(metrics.sequence_metrics(r, ["a", "b"], ["a", "b"]), order=["a", "b"], envs=["a", "b"],
+             stages=stages, r=r)
+  results = {"protocol": "sequential", "model": "tiny", "config": {"envs": ["a", "b"]}, "evals": evals,
+             "metrics": {"transfer": metrics.transfer(evals), "sequences": [seq]},
+             "curves": [{"stage": "after:a", "global_iteration": i, "success": 0.1 * i} for i in range(4)]}
+  paths = report.write_report(results, str(tmp_path))
+  for p in [paths["results"], paths["report"]] + paths["plots"]:
+    assert os.path.getsize(p) > 0
+  assert {os.path.basename(p) for p in paths["plots"]} == {
+      "transfer_heatmap.png", "training_success.png", "turns_tokens.png", "r_matrix_0.png"}
+  md = open(paths["report"]).read()
+  assert "BWT = -0.200" in md  # R[2][a] - R[1][a] = 0.4 - 0.6
+  assert "forgetting: a +0.200" in md
+  assert "| after:a | a | +0.500 | +0.050 |" in md  # held-in 0.6-0.1, held-out 0.25-0.2
+  assert json.load(open(paths["results"]))["evals"] == evals
