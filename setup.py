@@ -16,6 +16,7 @@ CORE = [
     "ml_collections>=1.0",
     "tensorflow-datasets>=4.9.8",
     "array-record>=0.7",
+    "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
     "tqdm>=4.66",

@@ -1,0 +1,39 @@
+"""Trains an agent: evaluate the base model, SFT warm start and/or RL (GRPO/PPO), evaluate again, and
+write results.json, report.md, checkpoints, trajectories and TensorBoard logs into --workdir.
+
+  python -m launch.train --config=launch/configs/quickstart.py --workdir=runs/quickstart
+  python -m launch.train --config=launch/configs/quickstart.py --config.iterations=40 --workdir=...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where results, checkpoints and logs go")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from agentgen_jax import parallel, trainer
+  parallel.initialize_distributed()
+  config = _CONFIG.value
+  try:
+    trainer.check_config(config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  results = trainer.run(config, _WORKDIR.value)
+  summary = [{k: e[k] for k in ("stage", "env", "avg_success", "avg_score", "pass_at_k")}
+             for e in results["evals"]]
+  print(json.dumps(summary, indent=1))
+  print(f"wrote {os.path.join(_WORKDIR.value, 'report.md')}")
+
+
+if __name__ == "__main__":
+  app.run(main)
