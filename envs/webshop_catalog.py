@@ -143,7 +143,7 @@ def _instruction(rng: random.Random, query: str, attributes: list[str], options:
   attr_text = " and ".join(attributes)
   start = rng.choice([f"i need a {query} that is {attr_text}", f"i am looking for {attr_text} {query}",
                       f"find me a {query} with {attr_text}", f"i want to buy a {attr_text} {query}"])
-  option_text = " and ".join(f"{value} {name}" for name, value in options.items())
+  option_text = " and ".join(f"{value} {name.replace(' name', '')}" for name, value in options.items())
   return f"{start}, with {option_text}" if option_text else start
 
 
@@ -163,7 +163,7 @@ def generate(n_products: int = 2500, seed: int = 0) -> tuple[list[dict], dict, d
     for _ in range(rng.choice([1, 1, 2])):
       wanted = sorted(rng.sample(attributes, rng.randint(1, min(3, len(attributes)))))
       names = sorted(record["customization_options"])
-      chosen_names = sorted(rng.sample(names, rng.randint(0, min(2, len(names)))))
+      chosen_names = sorted(rng.sample(names, min(rng.choice([0, 1, 1, 2]), len(names))))
       chosen = {n: rng.choice(record["customization_options"][n])["value"].lower() for n in chosen_names}
       human[asin].append({
           "asin": asin, "instruction": _instruction(rng, record["query"], wanted, chosen),
