@@ -1,0 +1,90 @@
+"""Evaluates a policy on environments: avg@k success and score, pass@k, turns, tokens, invalid actions and
+failure modes; writes results.json, report.md and the trajectories into --workdir.
+
+  python -m launch.evaluate --checkpoint=runs/quickstart --envs=babyai,textcraft --k=8 --workdir=runs/eval
+  python -m launch.evaluate --checkpoint=smollm2-135m-instruct --envs=babyai --mode=choose --workdir=...
+
+--checkpoint: a training workdir (its latest checkpoint), an HF folder, a .gguf file or a model name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training workdir, HF folder, .gguf or model name")
+_ENVS = flags.DEFINE_list("envs", None, "environments to evaluate on")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+_K = flags.DEFINE_integer("k", 8, "episodes per task (avg@k, pass@k)")
+_TASKS = flags.DEFINE_integer("tasks", 20, "tasks per environment (the first N of the split)")
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "test"], "task split")
+_DIFFICULTY = flags.DEFINE_enum("difficulty", "all", ["easy", "hard", "all"], "task difficulty")
+_MODE = flags.DEFINE_enum("mode", None, ["generate", "choose"], "action mode (default: the run's)")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
+_MAX_TURNS = flags.DEFINE_integer("max_turns", 0, "turn cap (0 = each env's own)")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_POOL = flags.DEFINE_integer("pool_size", 8, "parallel episodes")
+_WORKERS = flags.DEFINE_integer("workers", 2, "environment worker processes")
+flags.mark_flags_as_required(["checkpoint", "envs", "workdir"])
+
+
+def load_checkpoint(path: str, config):
+  """(config, params) for a training workdir, or for anything models.load accepts."""
+  from agentgen_jax import checkpoint, models
+  workdir_config = os.path.join(path, "config.json")
+  if os.path.isdir(path) and os.path.exists(workdir_config):
+    with open(workdir_config, encoding="utf-8") as f:
+      saved = json.load(f)
+    config.model = saved["model"]
+    config.rollout.update(saved.get("rollout", {}))
+    for sub in ("checkpoints", "sft"):
+      ckpt_dir = os.path.join(path, sub)
+      if os.path.isdir(ckpt_dir):
+        ckpt = checkpoint.Checkpointer(ckpt_dir)
+        if ckpt.latest_step() is not None:
+          state, _ = ckpt.restore_raw()
+          ckpt.close()
+          return config, (state["params"] if sub == "checkpoints" else state)
+        ckpt.close()
+    raise FileNotFoundError(f"no checkpoint under {path!r} (looked in checkpoints/ and sft/)")
+  config.model = path
+  return config, models.load(path)[1]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import envs
+  unknown = [e for e in _ENVS.value if e not in envs.names()]
+  if unknown:
+    raise app.UsageError(f"unknown envs {unknown}; known envs: {', '.join(envs.names())}")
+  from agentgen_jax import trainer
+  from agentgen_jax.study import failures, report
+  config = trainer.default_config()
+  config, params = load_checkpoint(_CHECKPOINT.value, config)
+  if _MODE.value:
+    config.rollout.mode = _MODE.value
+  config.rollout.max_turns = _MAX_TURNS.value
+  config.pool_size, config.workers, config.envs = _POOL.value, _WORKERS.value, list(_ENVS.value)
+  policy = trainer.load_policy(config)
+  rcfg = trainer.rollout_config(config, temperature=_TEMPERATURE.value)
+  traj = os.path.join(_WORKDIR.value, "trajectories")
+  with trainer.make_pool(config, _ENVS.value) as pool:
+    evals = trainer.evaluate(policy, params, pool, _ENVS.value, split=_SPLIT.value,
+                             difficulty=_DIFFICULTY.value, n_tasks=_TASKS.value, k=_K.value, rcfg=rcfg,
+                             seed=_SEED.value, stage="eval", trained_on=[], trajectory_dir=traj)
+  records = []
+  for name in _ENVS.value:
+    path = os.path.join(traj, f"eval_eval_{name}_{_DIFFICULTY.value}", "train.jsonl")
+    records += trainer.data.read_jsonl(path)
+  results = {"protocol": "evaluate", "model": config.model, "config": config.to_dict(), "evals": evals,
+             "metrics": {}, "failures": failures.failure_table(records)}
+  report.write_report(results, _WORKDIR.value)
+  print(json.dumps([{k: e[k] for k in ("env", "avg_success", "avg_score", "pass_at_k", "mean_turns")}
+                    for e in evals], indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)
