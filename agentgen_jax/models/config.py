@@ -1,0 +1,158 @@
+"""ModelConfig: the static shape of a Llama / Qwen2 / SmolLM decoder, hashable so jit can key on it;
+presets for tests ("tiny", "small") and conversion to and from HF config.json dictionaries."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ARCHITECTURES = ("llama", "qwen2")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+DTYPES = ("float32", "bfloat16")
+# The vocabulary of the shipped tiny BPE tokenizer (agentgen_jax/assets/tiny_tokenizer); a test pins it.
+TINY_VOCAB_SIZE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that fixes the shapes and the numerics of the forward pass (a jit static argument)."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  # Sorted (key, value) items of HF's rope_scaling dict, e.g. (("factor", 8.0), ("rope_type", "llama3"), ...).
+  rope_scaling: tuple[tuple[str, Any], ...] | None = None
+  rms_norm_eps: float = 1e-5
+  qkv_bias: bool = False
+  tie_embeddings: bool = True
+  max_position_embeddings: int = 2048
+  bos_token_id: int | None = None
+  eos_token_ids: tuple[int, ...] = ()
+  pad_token_id: int | None = None
+  architecture: str = "llama"
+  dtype: str = "float32"        # compute dtype of activations and matmuls
+  param_dtype: str = "float32"  # storage dtype of init_params
+  remat: bool = False           # rematerialise each layer in the backward pass (saves activation memory)
+
+  def __post_init__(self):
+    if self.architecture not in ARCHITECTURES:
+      raise ValueError(f"architecture={self.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in DTYPES:
+        raise ValueError(f"{field}={getattr(self, field)!r}; valid: {', '.join(DTYPES)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+
+  @property
+  def rope_scaling_dict(self) -> dict[str, Any] | None:
+    return None if self.rope_scaling is None else dict(self.rope_scaling)
+
+  def replace(self, **changes) -> ModelConfig:
+    return dataclasses.replace(self, **changes)
+
+  def num_params(self) -> int:
+    """Parameter count (the embedding counted once when tied)."""
+    d, h, kv, dh = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+    attn = d * h * dh + 2 * d * kv * dh + h * dh * d
+    if self.qkv_bias:
+      attn += h * dh + 2 * kv * dh
+    layer = attn + 3 * d * self.intermediate_size + 2 * d
+    embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    return embed + self.num_layers * layer + d
+
+
+_PRESETS = {
+    # ~1.3M parameters: unit tests and smoke runs on CPU.
+    "tiny": dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_layers=4,
+                 num_heads=4, num_kv_heads=2, head_dim=32),
+    # ~5M parameters: quick learning experiments on CPU.
+    "small": dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=256, intermediate_size=768, num_layers=5,
+                  num_heads=8, num_kv_heads=4, head_dim=32),
+}
+# The tiny tokenizer's specials: <|endoftext|> = 0, <|im_start|> = 1, <|im_end|> = 2 (as in SmolLM2).
+_TINY_SPECIALS = dict(bos_token_id=0, eos_token_ids=(2, 0), pad_token_id=0, max_position_embeddings=4096,
+                      rope_theta=10000.0, rms_norm_eps=1e-5, tie_embeddings=True)
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+  """A named config for random-init models; both use the tiny tokenizer's vocabulary."""
+  if name not in _PRESETS:
+    raise ValueError(f"unknown preset {name!r}; valid: {', '.join(_PRESETS)}")
+  return ModelConfig(**{**_PRESETS[name], **_TINY_SPECIALS, **overrides})
+
+
+def preset_names() -> tuple[str, ...]:
+  return tuple(_PRESETS)
+
+
+def _rope_items(scaling: dict | None) -> tuple[tuple[str, Any], ...] | None:
+  if not scaling:
+    return None
+  items = {k: (tuple(v) if isinstance(v, list) else v) for k, v in scaling.items()}
+  kind = items.pop("type", None)
+  items.setdefault("rope_type", kind or "default")
+  items.pop("rope_theta", None)
+  if items["rope_type"] == "default" and len(items) == 1:
+    return None
+  return tuple(sorted(items.items()))
+
+
+def from_hf_dict(hf: dict, dtype: str | None = None) -> ModelConfig:
+  """A ModelConfig from an HF config.json dict (transformers 4.x rope_scaling or 5.x rope_parameters)."""
+  archs = hf.get("architectures") or []
+  model_type = hf.get("model_type", "")
+  if model_type in ARCHITECTURES:
+    arch = model_type
+  elif any(a in HF_ARCHITECTURES.values() for a in archs):
+    arch = next(k for k, v in HF_ARCHITECTURES.items() if v in archs)
+  else:
+    found = model_type or ",".join(archs) or "none"
+    raise ValueError(f"unsupported architecture {found!r} in config.json; supported: "
+                     f"{', '.join(HF_ARCHITECTURES.values())} (model_type {', '.join(ARCHITECTURES)})")
+  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or None
+  theta = hf.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
+  heads = hf["num_attention_heads"]
+  head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+  eos = hf.get("eos_token_id")
+  eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+  torch_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+  return ModelConfig(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"], num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim, rope_theta=float(theta),
+      rope_scaling=_rope_items(rope), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      qkv_bias=bool(hf.get("attention_bias", arch == "qwen2")),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+      max_position_embeddings=hf.get("max_position_embeddings", 2048),
+      bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos, pad_token_id=hf.get("pad_token_id"),
+      architecture=arch, dtype=dtype or "float32",
+      param_dtype=dtype or ("bfloat16" if torch_dtype == "bfloat16" else "float32"))
+
+
+def to_hf_dict(cfg: ModelConfig) -> dict:
+  """The config.json that transformers reads back into the same model."""
+  rope = dict(cfg.rope_scaling) if cfg.rope_scaling else None
+  out = {
+      "architectures": [HF_ARCHITECTURES[cfg.architecture]], "model_type": cfg.architecture,
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+      "head_dim": cfg.head_dim, "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps,
+      "rope_theta": cfg.rope_theta, "rope_scaling": rope,
+      "rope_parameters": {**(rope or {"rope_type": "default"}), "rope_theta": cfg.rope_theta},
+      "tie_word_embeddings": cfg.tie_embeddings,
+      "max_position_embeddings": cfg.max_position_embeddings, "bos_token_id": cfg.bos_token_id,
+      "eos_token_id": (list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1
+                       else (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)),
+      "pad_token_id": cfg.pad_token_id, "dtype": cfg.param_dtype, "torch_dtype": cfg.param_dtype,
+      "initializer_range": 0.02, "use_cache": True,
+  }
+  if cfg.architecture == "llama":
+    out.update(attention_bias=cfg.qkv_bias, mlp_bias=False, pretraining_tp=1)
+  else:
+    out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
+  return out

@@ -1,0 +1,205 @@
+"""The decoder (Llama / Qwen2 / SmolLM: RMSNorm, RoPE, GQA, SwiGLU) as a flax.linen module applied to a
+plain param dict, with a KV cache whose slots may hold holes; pure functions init_params / forward."""
+
+from __future__ import annotations
+
+import math
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agentgen_jax.models.config import ModelConfig
+
+_INIT_STD = 0.02  # HF's initializer_range default
+# Finite, so a query with no visible key gives a uniform (ignored) row instead of NaN.
+_MASKED = -1e30
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer; slot s of row b counts only where valid[b, s]."""
+  k: jax.Array      # [L, B, S, Hkv, Dh] compute dtype
+  v: jax.Array      # [L, B, S, Hkv, Dh] compute dtype
+  valid: jax.Array  # [B, S] bool
+  # An int32 scalar array, not a Python int: advancing it must not change the jit cache key.
+  index: jax.Array  # [] int32: the first slot the next forward writes
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
+  """An empty cache of max_len slots per row."""
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return KVCache(k=jnp.zeros(shape, cfg.dtype), v=jnp.zeros(shape, cfg.dtype),
+                 valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [Dh / 2] float32, with llama3 / linear / dynamic-free scaling as in transformers."""
+  dim = cfg.head_dim
+  inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, dim, 2).astype(np.float32) / dim)))
+  inv_freq = inv_freq.astype(np.float32)
+  scaling = cfg.rope_scaling_dict or {}
+  kind = scaling.get("rope_type", "default")
+  if kind == "default":
+    return inv_freq
+  if kind == "linear":
+    return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
+  if kind == "llama3":
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+  raise ValueError(f"rope_type={kind!r} is not supported; valid: default, linear, llama3")
+
+
+def _rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """positions [B, T] -> cos, sin [B, T, Dh] float32 (HF's rotate-half layout: both halves repeat)."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_frequencies(cfg))
+  freqs = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [B, T, H, Dh]; cos/sin [B, T, Dh]."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None].astype(x.dtype), sin[:, :, None].astype(x.dtype)
+  return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: str
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    # As in transformers: normalise in f32, cast to the compute dtype, then scale.
+    return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn.Dense:
+  return nn.Dense(features, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                  kernel_init=nn.initializers.normal(_INIT_STD), name=name)
+
+
+class Block(nn.Module):
+  """One decoder layer; called under nn.scan with x as the carry and this layer's cache as xs."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, rope, mask, index):
+    cfg = self.cfg
+    b, t, _ = x.shape
+    h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="input_norm")(x)
+    q = _dense(cfg, h * dh, "q_proj", cfg.qkv_bias)(y).reshape(b, t, h, dh)
+    k = _dense(cfg, kv * dh, "k_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
+    v = _dense(cfg, kv * dh, "v_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
+    q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+    if layer_cache is not None:
+      k_all = jax.lax.dynamic_update_slice(layer_cache[0], k.astype(layer_cache[0].dtype), (0, index, 0, 0))
+      v_all = jax.lax.dynamic_update_slice(layer_cache[1], v.astype(layer_cache[1].dtype), (0, index, 0, 0))
+      new_cache = (k_all, v_all)
+    else:
+      k_all, v_all, new_cache = k, v, None
+    q = q.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_all.astype(q.dtype),
+                        preferred_element_type=jnp.float32) / math.sqrt(dh)
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(cfg.dtype)).reshape(b, t, h * dh)
+    x = x + _dense(cfg, cfg.hidden_size, "o_proj")(out)
+    y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="post_attention_norm")(x)
+    gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(y)
+    up = _dense(cfg, cfg.intermediate_size, "up_proj")(y)
+    x = x + _dense(cfg, cfg.hidden_size, "down_proj")(nn.silu(gate) * up)
+    return x, new_cache
+
+
+class Decoder(nn.Module):
+  """Embedding, the scanned layers (params stacked on a leading [L] axis), final norm, LM head."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, rope, mask, kv, index):
+    cfg = self.cfg
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     embedding_init=nn.initializers.normal(_INIT_STD), name="embed")
+    x = embed(tokens)
+    block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
+    x, new_kv = layers(cfg, name="layers")(x, kv, rope, mask, index)
+    hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
+    if cfg.tie_embeddings:
+      table = embed.embedding.astype(cfg.dtype)
+      logits = jnp.einsum("btd,vd->btv", hidden, table, preferred_element_type=jnp.float32)
+    else:
+      kernel = self.param("lm_head", nn.initializers.normal(_INIT_STD), (cfg.hidden_size, cfg.vocab_size),
+                          cfg.param_dtype)
+      logits = jnp.einsum("btd,dv->btv", hidden, kernel.astype(cfg.dtype),
+                          preferred_element_type=jnp.float32)
+    return logits.astype(jnp.float32), hidden.astype(jnp.float32), new_kv
+
+
+def init_params(cfg: ModelConfig, rng) -> dict:
+  """Random parameters (normal(0.02) kernels, unit norms, zero biases) as a plain nested dict.
+
+  Layout: embed/embedding [V, D]; layers/<name>/kernel [L, in, out] (bias [L, out]), layers/*_norm/scale
+  [L, D]; final_norm/scale [D]; lm_head [D, V] when the embeddings are untied.
+  """
+  if isinstance(rng, int):
+    rng = jax.random.PRNGKey(rng)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  rope = _rope_tables(cfg, tokens)
+  mask = jnp.ones((1, 1, 1), bool)
+  init = jax.jit(lambda r: Decoder(cfg).init(r, tokens, rope, mask, None, jnp.int32(0))["params"])
+  return flax.core.unfreeze(init(rng))
+
+
+def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
+            valid: jax.Array | None = None, cache: KVCache | None = None,
+            attn_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, KVCache | None]:
+  """tokens, positions [B, T] int32 (logical RoPE positions), valid [B, T] bool (default all True).
+
+  Without a cache, query i sees key j iff attn_mask[b, i, j] if given, else j <= i and valid[b, j].
+  With a cache, the T tokens go to slots [index, index + T) (valid copied there); a query sees earlier
+  slots that are valid, plus the new tokens per attn_mask [B, T, T] (default causal & valid). The caller
+  keeps index + T <= S (writes past the end are clamped by XLA, not checked).
+  Returns logits [B, T, V] f32, hidden [B, T, D] f32 (final-norm output), the new cache (index + T) or None.
+  """
+  b, t = tokens.shape
+  valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
+  if attn_mask is None:
+    attn_mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
+  attn_mask = attn_mask.astype(bool)
+  rope = _rope_tables(cfg, positions)
+  if cache is None:
+    logits, hidden, _ = Decoder(cfg).apply({"params": params}, tokens, rope, attn_mask, None, jnp.int32(0))
+    return logits, hidden, None
+  slots = cache.valid.shape[1]
+  index = cache.index.astype(jnp.int32)
+  earlier = (jnp.arange(slots) < index)[None, None, :] & cache.valid[:, None, :]
+  new = jax.lax.dynamic_update_slice(jnp.zeros((b, t, slots), bool), attn_mask, (0, 0, index))
+  mask = earlier | new
+  logits, hidden, (k, v) = Decoder(cfg).apply({"params": params}, tokens, rope, mask, (cache.k, cache.v),
+                                              index)
+  new_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
+  return logits, hidden, KVCache(k=k, v=v, valid=new_valid, index=index + t)
+
+
+def logits(cfg: ModelConfig, params: dict, token_ids: jax.Array) -> jax.Array:
+  """The plain forward: token_ids [B, T] at positions 0..T-1 -> logits [B, T, V] float32."""
+  token_ids = jnp.asarray(token_ids, jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(token_ids.shape[1], dtype=jnp.int32), token_ids.shape)
+  return forward(cfg, params, token_ids, positions)[0]

@@ -1,0 +1,179 @@
+"""The decoder and its KV cache: incremental decoding, extends, holes and candidate masks all reproduce the
+plain forward; presets, param counts and the value head."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agentgen_jax import models
+
+# Small enough to compile in a second or two; GQA (4 query heads on 2 KV heads), untied, qkv bias.
+CFG = models.ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=8, qkv_bias=True, tie_embeddings=False,
+                         rope_theta=500.0, architecture="qwen2")
+forward = jax.jit(models.forward, static_argnums=0)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return models.init_params(CFG, jax.random.PRNGKey(0))
+
+
+def _tokens(batch, length, seed=1):
+  return np.asarray(jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, CFG.vocab_size),
+                    np.int32)
+
+
+def _positions(batch, length, start=0):
+  return np.broadcast_to(np.arange(start, start + length, dtype=np.int32), (batch, length))
+
+
+def test_presets_have_the_documented_sizes():
+  tiny, small = models.preset("tiny"), models.preset("small")
+  assert 1e6 <= tiny.num_params() <= 5e6
+  assert 4e6 <= small.num_params() <= 6e6
+  assert hash(tiny) == hash(models.preset("tiny"))
+  with pytest.raises(ValueError, match="unknown preset 'huge'.*tiny"):
+    models.preset("huge")
+
+
+def test_num_params_counts_the_param_tree(params):
+  assert sum(x.size for x in jax.tree.leaves(params)) == CFG.num_params()
+  assert params["layers"]["q_proj"]["kernel"].shape == (2, 32, 32)
+  assert params["layers"]["k_proj"]["bias"].shape == (2, 16)
+
+
+def test_same_seed_same_params():
+  a = models.init_params(CFG, 3)
+  b = models.init_params(CFG, jax.random.PRNGKey(3))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_forward_outputs_float32_and_shapes(params):
+  tokens = _tokens(2, 7)
+  logits, hidden, cache = forward(CFG, params, tokens, _positions(2, 7))
+  assert logits.shape == (2, 7, 97) and logits.dtype == jnp.float32
+  assert hidden.shape == (2, 7, 32) and hidden.dtype == jnp.float32
+  assert cache is None
+  np.testing.assert_allclose(models.logits(CFG, params, tokens), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_causality_future_tokens_do_not_change_earlier_logits(params):
+  tokens = _tokens(1, 8)
+  changed = tokens.copy()
+  changed[0, 5:] = (changed[0, 5:] + 1) % CFG.vocab_size
+  a, b = models.logits(CFG, params, tokens), models.logits(CFG, params, changed)
+  np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-5)
+  assert np.abs(np.asarray(a[:, 5:] - b[:, 5:])).max() > 1e-3
+
+
+def test_token_by_token_decode_equals_full_forward(params):
+  tokens = _tokens(2, 9)
+  full = models.logits(CFG, params, tokens)
+  cache = models.init_cache(CFG, 2, 12)
+  steps = []
+  for i in range(9):
+    out, _, cache = forward(CFG, params, tokens[:, i:i + 1], _positions(2, 1, i), None, cache)
+    steps.append(out)
+  assert int(cache.index) == 9 and cache.index.dtype == jnp.int32
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_extend_then_decode_equals_prefill_of_the_concatenation(params):
+  tokens = _tokens(2, 12, seed=2)
+  full = models.logits(CFG, params, tokens)
+  cache = models.init_cache(CFG, 2, 16)
+  a, _, cache = forward(CFG, params, tokens[:, :5], _positions(2, 5), None, cache)
+  b, _, cache = forward(CFG, params, tokens[:, 5:11], _positions(2, 6, 5), None, cache)
+  c, _, cache = forward(CFG, params, tokens[:, 11:], _positions(2, 1, 11), None, cache)
+  np.testing.assert_allclose(jnp.concatenate([a, b, c], 1), full, rtol=1e-4, atol=1e-5)
+  assert cache.valid[:, :12].all() and not cache.valid[:, 12:].any()
+
+
+def test_holes_change_nothing(params):
+  """Invalid slots (padding in the middle, at the start, at the end) are invisible to every query."""
+  real = _tokens(1, 6, seed=3)[0]
+  want = models.logits(CFG, params, real[None])[0]
+  layout = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0], bool)   # 6 real tokens among 11 slots
+  tokens = np.full(layout.shape, 5, np.int32)
+  tokens[layout] = real
+  positions = np.maximum(np.cumsum(layout) - 1, 0).astype(np.int32)
+  got, _, _ = forward(CFG, params, tokens[None], positions[None], layout[None])
+  np.testing.assert_allclose(got[0][layout], want, rtol=1e-4, atol=1e-5)
+  # The same through the cache in two chunks, the first one ending with a hole.
+  cache = models.init_cache(CFG, 1, 16)
+  a, _, cache = forward(CFG, params, tokens[None, :6], positions[None, :6], layout[None, :6], cache)
+  b, _, cache = forward(CFG, params, tokens[None, 6:], positions[None, 6:], layout[None, 6:], cache)
+  np.testing.assert_allclose(jnp.concatenate([a, b], 1)[0][layout], want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(cache.valid[0, :11], layout)
+
+
+def test_rows_with_different_padding_are_independent(params):
+  """Left-padded and unpadded rows in one batch give the logits each gives alone."""
+  real = _tokens(2, 5, seed=4)
+  tokens = np.concatenate([np.zeros((2, 3), np.int32), real], 1)
+  valid = np.ones((2, 8), bool)
+  valid[0, :3] = False                      # row 0 left-padded; row 1 sees the 3 extra tokens
+  positions = np.stack([np.maximum(np.arange(8) - 3, 0), np.arange(8)]).astype(np.int32)
+  got, _, _ = forward(CFG, params, tokens, positions, valid)
+  np.testing.assert_allclose(got[0, 3:], models.logits(CFG, params, real[:1])[0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got[1], models.logits(CFG, params, tokens[1:])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_attn_mask_candidate_scoring_equals_separate_forwards(params):
+  context = _tokens(1, 5, seed=5)
+  cands = [_tokens(1, 2, seed=6)[0], _tokens(1, 3, seed=7)[0]]
+  cache = models.init_cache(CFG, 1, 16)
+  _, _, cache = forward(CFG, params, context, _positions(1, 5), None, cache)
+  packed = np.concatenate(cands)[None]
+  positions = np.concatenate([np.arange(5, 7), np.arange(5, 8)]).astype(np.int32)[None]
+  block = np.zeros((5, 5), bool)
+  block[:2, :2] = np.tril(np.ones((2, 2), bool))
+  block[2:, 2:] = np.tril(np.ones((3, 3), bool))
+  got, _, after = forward(CFG, params, packed, positions, None, cache, block[None])
+  for cand, rows in zip(cands, [slice(0, 2), slice(2, 5)]):
+    want = models.logits(CFG, params, np.concatenate([context[0], cand])[None])[0, 5:]
+    np.testing.assert_allclose(got[0, rows], want, rtol=1e-4, atol=1e-5)
+  assert int(after.index) == 10
+
+
+def test_attn_mask_without_cache_is_used_verbatim(params):
+  """A full mask (bidirectional) differs from the causal default; the causal mask equals the default."""
+  tokens = _tokens(1, 6, seed=8)
+  pos = _positions(1, 6)
+  causal = np.tril(np.ones((6, 6), bool))[None]
+  default, _, _ = forward(CFG, params, tokens, pos)
+  np.testing.assert_allclose(forward(CFG, params, tokens, pos, None, None, causal)[0], default, atol=1e-6)
+  full, _, _ = forward(CFG, params, tokens, pos, None, None, np.ones((1, 6, 6), bool))
+  assert np.abs(np.asarray(full[:, :-1] - default[:, :-1])).max() > 1e-3
+
+
+def test_bfloat16_compute_stays_close_to_float32(params):
+  tokens = _tokens(1, 6, seed=9)
+  bf = CFG.replace(dtype="bfloat16")
+  got = models.logits(bf, params, tokens)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, models.logits(CFG, params, tokens), atol=5e-2)
+  cache = models.init_cache(bf, 1, 8)
+  assert cache.k.dtype == jnp.bfloat16
+
+
+def test_value_head_shapes_and_linearity():
+  head = models.value.init_value_head(CFG, 0)
+  hidden = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 32))
+  v = models.value.values(head, hidden)
+  assert v.shape == (2, 3) and v.dtype == jnp.float32
+  want = np.asarray(hidden, np.float64) @ np.asarray(head["kernel"], np.float64) + float(head["bias"])
+  np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-6)
+  grads = jax.grad(lambda h: models.value.values(h, hidden).sum())(head)
+  np.testing.assert_allclose(grads["kernel"], np.asarray(hidden).sum((0, 1)), rtol=1e-5)
+
+
+def test_remat_gives_the_same_gradients(params):
+  tokens = _tokens(1, 5, seed=10)
+  def loss(p, cfg):
+    return models.logits(cfg, p, tokens).mean()
+  plain = jax.grad(loss)(params, CFG)
+  remat = jax.grad(loss)(params, CFG.replace(remat=True))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
