@@ -323,3 +323,10 @@ def test_determinism_across_processes():
   assert results[0] == results[1]
   first = env_checks.first_observation_in_process("webshop")
   assert first[0] == results[0][0][0] and first[1] == results[0][0][2][0]
+
+
+@pytest.mark.slow
+def test_expert_solves_every_generated_goal(env):
+  for split in ("train", "test"):
+    rate, failed = env_checks.expert_success_rate(env, split, "all", n=10**6)
+    assert rate == 1.0, failed[:10]
