@@ -258,6 +258,8 @@ class EnvPool:
     return results
 
   def _worker_of(self, slot: int) -> int:
+    if not self._workers:
+      raise RuntimeError("EnvPool is closed")
     return slot % len(self._workers)
 
   # ---- the batched episode API -------------------------------------------------------------------
@@ -336,9 +338,10 @@ class EnvPool:
     """Expert action lists for (env_name, task_id) pairs, computed on all workers concurrently."""
     jobs: dict[tuple[int, str], list[int]] = {}
     for i, (name, _) in enumerate(tasks):
+      worker = self._worker_of(i)
       if name not in self.names:
         raise ValueError(f"env {name!r} is not served by this pool; valid: {', '.join(self.names)}")
-      jobs.setdefault((i % len(self._workers), name), []).append(i)
+      jobs.setdefault((worker, name), []).append(i)
     out: list[list[str] | None] = [None] * len(tasks)
     # One round per env name, so that each worker gets a single command per exchange.
     for name in dict.fromkeys(name for name, _ in tasks):
