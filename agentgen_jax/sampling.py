@@ -1,0 +1,303 @@
+"""Batched generation under jit: a KV-cache context that grows turn by turn (prefill = extend), a
+lax.while_loop decoder with temperature / top-p / EOS / stop sequences and sampler log-probs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agentgen_jax import models, parallel
+
+
+@flax.struct.dataclass
+class Context:
+  """One batch of conversations on device."""
+  cache: models.KVCache
+  next_pos: jax.Array     # [B] int32: logical position of each row's next token (count of real tokens)
+  last_logits: jax.Array  # [B, V] f32: logits after each row's last real token
+
+
+@flax.struct.dataclass
+class Generated:
+  """What one decode call produced; positions past `lengths` hold 0."""
+  tokens: jax.Array    # [B, N] int32
+  logprobs: jax.Array  # [B, N] f32: log_softmax of the unmodified f32 logits at the sampled token
+  lengths: jax.Array   # [B] int32: tokens generated, the EOS / stop token included; 0 for inactive rows
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+  """The padded length for n: the smallest of minimum * {1, 1.5, 2, 3, 4, 6, 8, ...} that is >= n.
+
+  Sizes grow geometrically, so a run sees a handful of shapes (one compile each) while padding
+  wastes at most a third of the slots.
+  """
+  size = minimum
+  while size < n:
+    if size % 2 == 0 and size * 3 // 2 >= n:
+      return size * 3 // 2
+    size *= 2
+  return size
+
+
+def _context_shardings(ctx: Context, mesh) -> Context:
+  """Batch over `data`: axis 1 of the cache's k/v [L, B, S, ...], axis 0 elsewhere; scalars replicated."""
+  def spec(path, leaf):
+    names = [getattr(p, "name", getattr(p, "key", None)) for p in path]
+    if leaf.ndim == 0:
+      return parallel.replicated(mesh)
+    if "cache" in names and names[-1] in ("k", "v"):
+      return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    return parallel.data_sharding(mesh)
+  return jax.tree_util.tree_map_with_path(spec, ctx)
+
+
+def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
+  """An empty context for `batch` rows and `max_len` cache slots (sharded over `mesh` if given)."""
+  def make():
+    return Context(cache=models.init_cache(cfg, batch, max_len),
+                   next_pos=jnp.zeros((batch,), jnp.int32),
+                   last_logits=jnp.zeros((batch, cfg.vocab_size), jnp.float32))
+  if mesh is None:
+    return jax.jit(make)()
+  if batch % parallel.data_size(mesh):
+    raise ValueError(f"batch {batch} is not a multiple of the mesh's data axis "
+                     f"({parallel.data_size(mesh)})")
+  shardings = _context_shardings(jax.eval_shape(make), mesh)
+  return jax.jit(make, out_shardings=shardings)()
+
+
+def _lm_head(cfg, params, hidden: jax.Array) -> jax.Array:
+  """hidden [B, T, D] (final-norm output) -> logits [B, T, V] f32, as the model's own head computes them.
+
+  Prefill applies the head to each row's last token only: the forward's full [B, T, V] logits are then
+  unused and XLA drops them (for SmolLM2-135M the head is a fifth of the prefill FLOPs and the largest
+  activation).
+  """
+  hidden = hidden.astype(cfg.dtype)
+  if cfg.tie_embeddings:
+    return jnp.einsum("btd,vd->btv", hidden, params["embed"]["embedding"].astype(cfg.dtype),
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(cfg.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array) -> Context:
+  valid = valid.astype(bool)
+  counts = valid.sum(axis=1).astype(jnp.int32)                                    # [B]
+  positions = ctx.next_pos[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
+  positions = jnp.maximum(positions, 0)
+  _, hidden, cache = models.forward(cfg, params, tokens.astype(jnp.int32), positions, valid,
+                                    cache=ctx.cache)
+  # The last real token of each row, wherever the padding sits (left, right or holes).
+  slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+  last = jnp.max(jnp.where(valid, slots[None], -1), axis=1)                       # [B]
+  last_hidden = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)   # [B, 1, D]
+  row_logits = _lm_head(cfg, params, last_hidden)[:, 0]
+  last_logits = jnp.where((counts > 0)[:, None], row_logits, ctx.last_logits)
+  return Context(cache=cache, next_pos=ctx.next_pos + counts, last_logits=last_logits)
+
+
+_extend_jit = jax.jit(_extend, static_argnames="cfg", donate_argnames="ctx")
+
+
+def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
+  """Appends a chunk per row: tokens [B, T] int32, valid [B, T] bool (rows with no valid token keep
+  their state). The chunk is padded to bucket(T) so that turns of similar length share one compile.
+
+  Every row uses the same cache slots [index, index + T'); padding slots stay invalid. `ctx` is donated.
+  """
+  tokens, valid = np.asarray(tokens, np.int32), np.asarray(valid, bool)
+  if tokens.shape != valid.shape or tokens.ndim != 2:
+    raise ValueError(f"tokens {tokens.shape} and valid {valid.shape} must both be [B, T]")
+  capacity = ctx.cache.valid.shape[1] - int(ctx.cache.index)
+  length = tokens.shape[1]
+  if length > capacity:
+    raise ValueError(f"chunk of {length} tokens does not fit: {capacity} of "
+                     f"{ctx.cache.valid.shape[1]} cache slots left; use a larger max_len")
+  padded = min(bucket(length), capacity)
+  if padded > length:
+    tokens = np.pad(tokens, ((0, 0), (0, padded - length)))
+    valid = np.pad(valid, ((0, 0), (0, padded - length)))
+  return _extend_jit(cfg, params, ctx, tokens, valid)
+
+
+def _top_p_logits(logits: jax.Array, top_p: jax.Array) -> jax.Array:
+  """Masks to -inf every token outside the nucleus: the most likely tokens whose mass reaches top_p.
+
+  logits [B, V] (already divided by the temperature) -> [B, V].
+  """
+  ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+  probs = jax.nn.softmax(ordered, axis=-1)
+  # A token is kept when the mass strictly before it is below top_p, so the nucleus always holds the
+  # token that crosses top_p (and at least the argmax).
+  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+  n_keep = jnp.maximum(keep.sum(axis=-1), 1)
+  threshold = jnp.take_along_axis(ordered, (n_keep - 1)[:, None], axis=-1)
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def _sample(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+  """logits [B, V] f32 -> tokens [B] int32; argmax when temperature == 0."""
+  def sampled(_):
+    scaled = logits / temperature
+    scaled = jax.lax.cond(top_p < 1.0, lambda x: _top_p_logits(x, top_p), lambda x: x, scaled)
+    return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+  def greedy(_):
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  # A real branch (not jnp.where): greedy decoding skips the sort that top-p needs.
+  return jax.lax.cond(temperature > 0, sampled, greedy, None)
+
+
+def _decode(cfg, params, ctx: Context, rng, active, temperature, top_p, *, max_new_tokens: int,
+            eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...]):
+  batch, slots = ctx.cache.valid.shape
+  window = max([len(s) for s in stop_seqs], default=1)
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+  def cond(state):
+    step, ctx, _, _, _, done, _, _ = state
+    # Stop when every row is done, at max_new_tokens, or when the cache is full.
+    return (step < max_new_tokens) & ~jnp.all(done) & (ctx.cache.index < slots)
+
+  def body(state):
+    step, ctx, rng, tokens, logprobs, done, lengths, recent = state
+    rng, key = jax.random.split(rng)
+    running = ~done
+    token = _sample(ctx.last_logits, key, temperature, top_p)
+    logprob = jnp.take_along_axis(jax.nn.log_softmax(ctx.last_logits, axis=-1), token[:, None], axis=-1)
+    token = jnp.where(running, token, 0)
+    tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
+    logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(running[:, None], logprob, 0.0), (0, step))
+    # The sampled token (EOS included) goes into the cache so that the next turn continues after it.
+    logits, _, cache = models.forward(cfg, params, token[:, None], ctx.next_pos[:, None], running[:, None],
+                                      cache=ctx.cache)
+    ctx = Context(cache=cache, next_pos=ctx.next_pos + running,
+                  last_logits=jnp.where(running[:, None], logits[:, 0].astype(jnp.float32), ctx.last_logits))
+    lengths = lengths + running
+    recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
+    stopped = jnp.isin(token, eos)
+    for seq in stop_seqs:
+      match = jnp.all(recent[:, window - len(seq):] == jnp.asarray(seq, jnp.int32)[None], axis=1)
+      stopped |= match & (lengths >= len(seq))
+    done = done | (running & stopped)
+    return step + 1, ctx, rng, tokens, logprobs, done, lengths, recent
+
+  state = (jnp.int32(0), ctx, rng, jnp.zeros((batch, max_new_tokens), jnp.int32),
+           jnp.zeros((batch, max_new_tokens), jnp.float32), ~active.astype(bool),
+           jnp.zeros((batch,), jnp.int32), jnp.full((batch, window), -1, jnp.int32))
+  _, ctx, _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+  return ctx, Generated(tokens=tokens, logprobs=logprobs, lengths=lengths)
+
+
+_decode_jit = jax.jit(_decode, static_argnames=("cfg", "max_new_tokens", "eos_ids", "stop_seqs"),
+                      donate_argnames="ctx")
+
+
+def decode(cfg, params, ctx: Context, rng, active, *, max_new_tokens: int, temperature: float,
+           top_p: float, eos_ids: Sequence[int], stop_seqs: Sequence[Sequence[int]] = ()
+           ) -> tuple[Context, Generated]:
+  """Samples up to max_new_tokens per active row [B] bool, appending them to the context (donated).
+
+  Rows stop on a token in eos_ids or when their generated tokens end with one of stop_seqs; the stop
+  token is kept (in the cache and in the output). temperature == 0 decodes greedily.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens}; it must be >= 1")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p={top_p}; it must be in (0, 1]")
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature}; it must be >= 0 (0 = greedy)")
+  if isinstance(rng, int):
+    rng = jax.random.key(rng)
+  # temperature and top_p enter as traced arrays, not Python floats: a float would be baked into the
+  # compiled program as a constant, and every new value (a schedule, eval vs train) would recompile.
+  return _decode_jit(cfg, params, ctx, rng, jnp.asarray(active, bool),
+                     jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
+                     max_new_tokens=int(max_new_tokens), eos_ids=tuple(int(i) for i in eos_ids),
+                     stop_seqs=tuple(tuple(int(t) for t in s) for s in stop_seqs if len(s)))
+
+
+def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
+  """Cuts `text` before the earliest occurrence of any stop string; returns (text, whether one was found)."""
+  cut = min((i for i in (text.find(s) for s in stop_strings if s) if i >= 0), default=-1)
+  return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+  text: str               # the completion, cut before a stop string, special tokens removed
+  tokens: list[int]       # generated ids up to and including the EOS / the token completing a stop string
+  logprobs: list[float]   # sampler log-prob of each of those tokens
+
+
+class Sampler:
+  """Text in, text out: tokenizes (chat template for message lists), prefills, decodes.
+
+  With a mesh, the batch is split over its `data` axis and params are replicated.
+  """
+
+  def __init__(self, cfg, params, tokenizer, *, max_len: int = 2048, mesh=None,
+               eos_ids: Sequence[int] | None = None):
+    self.cfg, self.tokenizer, self.max_len, self.mesh = cfg, tokenizer, max_len, mesh
+    self.params = params if mesh is None else jax.device_put(params, parallel.replicated(mesh))
+    if eos_ids is None:
+      eos = tokenizer.eos_token_id
+      eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    self.eos_ids = tuple(eos_ids)
+
+  def encode(self, prompt: str | list[dict]) -> list[int]:
+    """A plain string is tokenized as is; a list of chat messages goes through the chat template."""
+    if isinstance(prompt, str):
+      return list(self.tokenizer(prompt)["input_ids"])
+    text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+  def generate(self, prompts: Sequence[str] | Sequence[list[dict]], *, max_new_tokens: int = 64,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+               stop: Sequence[str] = ()) -> list[GenerationResult]:
+    if not prompts:
+      return []
+    ids = [self.encode(p) for p in prompts]
+    longest = max(len(x) for x in ids)
+    # Batch and lengths are bucketed so that repeated calls reuse the compiled prefill and decoder.
+    shards = parallel.data_size(self.mesh)
+    batch = math.ceil(bucket(len(ids), minimum=1) / shards) * shards
+    width = bucket(longest)
+    slots = min(bucket(width + max_new_tokens), self.max_len)
+    if width >= slots:
+      raise ValueError(f"prompt of {longest} tokens (padded {width}) leaves no room in max_len="
+                       f"{self.max_len} for {max_new_tokens} new tokens")
+    tokens = np.zeros((batch, width), np.int32)
+    valid = np.zeros((batch, width), bool)
+    for row, x in enumerate(ids):
+      tokens[row, :len(x)], valid[row, :len(x)] = x, True
+    ctx = new_context(self.cfg, batch, slots, mesh=self.mesh)
+    if self.mesh is not None:
+      tokens, valid = parallel.shard_batch((tokens, valid), self.mesh)
+    ctx = extend(self.cfg, self.params, ctx, tokens, valid)
+    stop_seqs = [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in stop]
+    active = np.arange(batch) < len(ids)
+    _, out = decode(self.cfg, self.params, ctx, jax.random.key(seed), active,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                    eos_ids=self.eos_ids, stop_seqs=stop_seqs)
+    out = jax.device_get(out)
+    return [self._result(out.tokens[r, :out.lengths[r]], out.logprobs[r, :out.lengths[r]], stop)
+            for r in range(len(ids))]
+
+  def _result(self, tokens: np.ndarray, logprobs: np.ndarray, stop: Sequence[str]) -> GenerationResult:
+    decode_text = lambda t: self.tokenizer.decode(list(t), skip_special_tokens=True)
+    text, found = truncate_at_stop_strings(decode_text(tokens), stop)
+    if found:
+      # Keep the tokens up to the first one whose text completes a stop string.
+      for n in range(1, len(tokens) + 1):
+        if truncate_at_stop_strings(decode_text(tokens[:n]), stop)[1]:
+          tokens, logprobs = tokens[:n], logprobs[:n]
+          break
+    return GenerationResult(text=text, tokens=[int(t) for t in tokens],
+                            logprobs=[float(x) for x in logprobs])
