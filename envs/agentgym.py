@@ -83,7 +83,7 @@ class AgentGymEnv(TextEnv):
   server-side instance, so the client recovers once the server is back.
   """
 
-  def __init__(self, url: str, env_name: str, dialect: Dialect | None = None, timeout: float = 60.0,
+  def __init__(self, url: str, env_name: str, dialect: Dialect | None = None, timeout: float = 300.0,
                retries: int = 3, backoff: float = 0.2, tasks: dict[str, list[str]] | None = None):
     super().__init__()
     self.url = url.rstrip("/")
@@ -213,9 +213,12 @@ class AgentGymEnv(TextEnv):
         self._id = None
         if attempt:
           raise
-    if self.dialect.reset_returns == "str":
-      return Observation(str(response))
-    if self.dialect.reset_returns == "pair":
+    if self.dialect.reset_returns in ("str", "pair"):
+      if self._is_ours():  # these replies carry no action list; our /detail has it
+        detail = self._call("GET", "detail", query={self.dialect.id_key: self._id})
+        return Observation(detail["observation"], detail["available_actions"])
+      if self.dialect.reset_returns == "str":
+        return Observation(str(response))
       return Observation(str(self._call("GET", "observation", query={self.dialect.id_key: self._id})))
     text = str(response.get("observation", ""))
     if response.get("task_description"):
@@ -289,9 +292,13 @@ class _Handler(BaseHTTPRequestHandler):
       known = ", ".join(f"{m} {p}" for m, p in sorted(self.server.routes))
       return self._reply({"error": f"no route {method} {parsed.path}; routes: {known}"}, 404)
     try:
-      self._reply(route(args))
+      payload = route(args)
     except Exception as e:  # noqa: BLE001 (AgentGym servers answer errors as {"error": ...} with 200)
-      self._reply({"error": _one_line(f"{type(e).__name__}: {e}")})
+      payload = {"error": _one_line(f"{type(e).__name__}: {e}")}
+    try:
+      self._reply(payload)
+    except (BrokenPipeError, ConnectionResetError):
+      pass  # the client gave up (timeout) while the env was working; nothing left to tell it
 
   def do_GET(self):  # noqa: N802
     self._handle("GET")
@@ -430,7 +437,8 @@ class EnvServer(ThreadingHTTPServer):
     env, lock = self._instance(args)
     with lock:
       last = env.last_observation
-      return {"task": env.task, "observation": last.text if last else "", "env": self.env_name}
+      return {"task": env.task, "env": self.env_name, "observation": last.text if last else "",
+              "available_actions": last.valid_actions if last else None}
 
   def close(self) -> None:
     """Stops serving and closes every env instance."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shutil
 import string
 import threading
 
@@ -88,16 +89,40 @@ def malformed_feedback(text: str) -> str:
 # ---- retrieval ----------------------------------------------------------------------------------------
 
 class BM25Index:
-  """bm25s over title + text of each document; `search` returns the indices of the top-k docs."""
+  """bm25s over title + text of each document; `search` returns the indices of the top-k docs.
 
-  def __init__(self, docs: list[Doc]):
+  cache_dir: where the index is saved after building and loaded from when it is newer than `source`
+  (a real corpus is indexed once, not once per worker process).
+  """
+
+  def __init__(self, docs: list[Doc], cache_dir: str | None = None, source: str | None = None):
     import bm25s  # imported here so that `import envs.searchqa` stays cheap for the pure functions
 
     self._bm25s = bm25s
     self.docs = docs
+    fresh = (cache_dir is not None and os.path.exists(os.path.join(cache_dir, "params.index.json"))
+             and (source is None or os.path.getmtime(cache_dir) >= os.path.getmtime(source)))
+    if fresh:
+      self._retriever = bm25s.BM25.load(cache_dir, mmap=True, show_progress=False, verbosity=0)
+      if self._retriever.scores.get("num_docs") == len(docs):
+        return
     self._retriever = bm25s.BM25()
     tokens = bm25s.tokenize([f"{d.title} {d.text}" for d in docs], show_progress=False)
     self._retriever.index(tokens, show_progress=False)
+    if cache_dir is not None:
+      self._save(cache_dir)
+
+  def _save(self, cache_dir: str) -> None:
+    # Written next to the target and renamed, so that concurrent workers never read a half-written index;
+    # an unwritable data folder just means no cache.
+    tmp = f"{cache_dir}.tmp{os.getpid()}"
+    try:
+      self._retriever.save(tmp, show_progress=False)
+      if os.path.exists(cache_dir):
+        shutil.rmtree(cache_dir, ignore_errors=True)
+      os.replace(tmp, cache_dir)
+    except OSError:
+      shutil.rmtree(tmp, ignore_errors=True)
 
   def search(self, query: str, k: int) -> list[int]:
     tokens = self._bm25s.tokenize([query[:MAX_QUERY_CHARS]], return_ids=False, show_progress=False)
@@ -125,8 +150,14 @@ def _data(data_dir: str | None, seed: int) -> tuple[BM25Index, dict[str, Questio
   key = (os.path.abspath(data_dir), 0) if data_dir else (None, seed)
   with _DATA_LOCK:
     if key not in _DATA:
-      docs, questions = load(data_dir) if data_dir else generate(seed)
-      _DATA[key] = (BM25Index(docs), questions)
+      if data_dir:
+        docs, questions = load(data_dir)
+        corpus = os.path.join(data_dir, "corpus.jsonl")
+        index = BM25Index(docs, os.path.join(data_dir, ".bm25s_index"), source=corpus)
+      else:
+        docs, questions = generate(seed)
+        index = BM25Index(docs)
+      _DATA[key] = (index, questions)
     return _DATA[key]
 
 

@@ -16,7 +16,7 @@ from envs.searchqa import (
   normalize_answer,
   parse_tags,
 )
-from envs.searchqa_data import Doc, generate
+from envs.searchqa_data import Doc, generate, load
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +230,19 @@ def test_loader_reads_real_schema_files(real_dir):
   assert "(Title: Edvard Munch) Edvard Munch painted" in found
   rate, _ = env_checks.expert_success_rate(env, "test", "all")
   assert rate == 1.0
+
+
+def test_real_corpus_index_is_cached_and_reused(real_dir, monkeypatch):
+  import bm25s
+
+  docs, _ = load(str(real_dir))
+  cache, corpus = str(real_dir / ".bm25s_index"), str(real_dir / "corpus.jsonl")
+  built = BM25Index(docs, cache, source=corpus)
+  assert (real_dir / ".bm25s_index" / "params.index.json").exists()
+  monkeypatch.setattr(bm25s.BM25, "index", lambda *a, **k: pytest.fail("the cached index was rebuilt"))
+  loaded = BM25Index(docs, cache, source=corpus)
+  for query in ["capital of norway", "scream museum", "west coast city", "painted 1893"]:
+    assert loaded.search(query, 3) == built.search(query, 3)
 
 
 def test_loader_is_found_through_the_environment_variable(real_dir, monkeypatch):
