@@ -64,7 +64,11 @@ def dialect_of(env_name: str) -> Dialect:
 
 
 class AgentGymError(RuntimeError):
-  """A one-line failure of the server (down, timed out, or answering {"error": ...})."""
+  """A one-line failure of the server: down or timed out (reachable=False), or answering an error."""
+
+  def __init__(self, message: str, reachable: bool = True):
+    super().__init__(message)
+    self.reachable = reachable
 
 
 def _one_line(text: Any, limit: int = 300) -> str:
@@ -125,7 +129,7 @@ class AgentGymEnv(TextEnv):
           time.sleep(self.backoff * 2 ** attempt)
           continue
         raise AgentGymError(f"AgentGym server {self.url} is unreachable ({method} /{path}: "
-                            f"{_one_line(reason, 120)}) after {attempt + 1} tries") from None
+                            f"{_one_line(reason, 120)}) after {attempt + 1} tries", reachable=False) from None
     try:
       result = json.loads(payload) if payload else None
     except json.JSONDecodeError:
@@ -208,8 +212,10 @@ class AgentGymEnv(TextEnv):
       try:
         response = self._call("POST", "reset", self._reset_body(task))
         break
-      except AgentGymError:
+      except AgentGymError as e:
         # The server may have restarted and forgotten our instance: make a new one, once.
+        if e.reachable:
+          self.close()
         self._id = None
         if attempt:
           raise
@@ -344,7 +350,9 @@ class EnvServer(ThreadingHTTPServer):
 
   def _instance(self, args: dict) -> tuple[TextEnv, threading.Lock]:
     key = self.dialect.id_key
-    value = args.get(key, args.get("env_idx" if key == "id" else "id"))
+    other = "env_idx" if key == "id" else "id"
+    # Accept the other spelling too, unless this dialect uses it for the task (searchqa's reset "id").
+    value = args.get(key, args.get(other) if other != self.dialect.index_key else None)
     try:
       return self.instances[int(value)]
     except (KeyError, TypeError, ValueError):
