@@ -137,6 +137,21 @@ def test_concurrent_clients_get_their_own_instances(searchqa_server):
   assert results == {task: True for task in tasks}
 
 
+def test_client_runs_in_envpool_workers(searchqa_server, monkeypatch):
+  from envs import registry
+
+  # Registered for this test only (monkeypatch restores the registry): the pool's workers import it.
+  monkeypatch.setitem(registry._REGISTRY, "agentgym", "envs.agentgym:AgentGymEnv")
+  kwargs = {"agentgym": {"url": searchqa_server.url, "env_name": "searchqa"}}
+  with envs.EnvPool("agentgym", size=4, workers=2, env_kwargs=kwargs) as pool:
+    tasks = [("agentgym", t) for t in pool.tasks("agentgym", "test", "hard")[:4]]
+    pool.reset(tasks)
+    experts = pool.expert(tasks)
+    for turn in range(3):
+      steps = pool.step([pool.format_action("agentgym", e[turn]) for e in experts])
+  assert [s.success for s in steps] == [True] * 4
+
+
 # ---- the request sequences of AgentGym's own clients (agentenv/envs/*.py) -----------------------------
 
 def test_agentgym_searchqa_client_sequence(searchqa_server):
