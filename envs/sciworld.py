@@ -1,0 +1,201 @@
+"""ScienceWorld (the `scienceworld` package: a Scala simulator of elementary-science tasks) as a TextEnv.
+
+Task ids are "<task_name>/<variation>" over the package's train/test variation splits; one JVM per env.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+
+from py4j.protocol import Py4JError
+from scienceworld.constants import BASEPATH, JAR_PATH
+
+from envs.base import Observation, Step, TextEnv, check_split
+from envs.jvm import JavaServer
+
+#: Task families whose gold paths are short (median <= 25 actions over their first test variations; the
+#: other families need 31 to 260). Measured with the package's gold agent, see docs/ENVIRONMENTS.md.
+EASY_TASKS = frozenset({
+    "chemistry-mix", "chemistry-mix-paint-secondary-color", "find-animal", "find-living-thing",
+    "find-non-living-thing", "find-plant", "identify-life-stages-2", "lifespan-longest-lived",
+    "lifespan-longest-lived-then-shortest-lived", "lifespan-shortest-lived", "power-component",
+    "power-component-renewable-vs-nonrenewable-energy", "test-conductivity",
+    "test-conductivity-of-unknown-substances", "use-thermometer",
+})
+#: The simulator's answer to input that matches no action.
+UNKNOWN_ACTION = "No known action matches that input."
+#: Longer actions are rejected before they reach the simulator (its parser is slow on huge inputs).
+MAX_ACTION_CHARS = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# The package's variation splits, per process: {"train"|"test": {task_name: [variation, ...]}}.
+_SPLITS: dict[str, dict[str, list[int]]] = {}
+
+INSTRUCTION = """You are an agent in ScienceWorld, a text simulation of a house with a kitchen, \
+greenhouse, workshop, foundry and outside area, where you perform elementary-science experiments.
+Each turn, reply with one line of reasoning and one action, exactly in this format:
+Thought: <your reasoning>
+Action: <action>
+Actions (OBJ is an object or place named in the observation):
+  look around | look at OBJ | look in OBJ | read OBJ | inventory | task
+  go to OBJ (a room; open its door first) | open OBJ | close OBJ
+  pick up OBJ | put down OBJ | move OBJ to OBJ | pour OBJ in OBJ | dunk OBJ in OBJ | mix OBJ
+  activate OBJ | deactivate OBJ | use OBJ on OBJ | connect OBJ to OBJ | disconnect OBJ
+  eat OBJ | flush OBJ | wait (10 time steps) | wait1 (1 time step)
+  focus on OBJ (marks the object the task is about; focusing on the wrong object fails the task)
+When the simulator asks which of several objects you mean, answer with the number of your choice."""
+
+
+def parse_task(task: str) -> tuple[str, int]:
+  """"<task_name>/<variation>" -> (task_name, variation)."""
+  name, sep, variation = str(task).rpartition("/")
+  if not sep or not name or not variation.isdigit():
+    raise ValueError(f"bad sciworld task id {task!r}; expected '<task_name>/<variation>', e.g. 'boil/21'")
+  return name, int(variation)
+
+
+def variation_splits(count: int) -> tuple[list[int], list[int], list[int]]:
+  """(train, dev, test) variations of a task with `count` variations, as the package splits them (its
+  getVariationsTrain/Dev/Test, which need a loaded task, i.e. seconds per task): quarters of
+  floor(count / 4), train = the first two, dev = the third, test = the fourth plus any remainder."""
+  size = count // 4
+  groups = [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+  return groups[0] + groups[1], groups[2], groups[3] + (groups[4] if len(groups) > 4 else [])
+
+
+def difficulty_of(task_name: str) -> str:
+  return "easy" if task_name in EASY_TASKS else "hard"
+
+
+def _interleave(groups: list[list[str]]) -> list[str]:
+  """Round-robin over groups, so that any prefix of the list spans every group."""
+  out = []
+  for i in range(max((len(g) for g in groups), default=0)):
+    out.extend(g[i] for g in groups if i < len(g))
+  return out
+
+
+class ScienceWorldEnv(TextEnv):
+  """ScienceWorld with score = the package's score / 100 and reward = the change of score.
+
+  valid_actions: list the valid action-object combinations in each Observation (about 0.2-0.3 s per step,
+  most of the step time, so off by default). java_heap: the JVM's -Xmx (AGENTGEN_JAVA_HEAP overrides).
+  """
+
+  name = "sciworld"
+  max_turns = 100
+
+  def __init__(self, valid_actions: bool = False, java_heap: str = "1g"):
+    super().__init__()
+    self.valid_actions = valid_actions
+    self.java_heap = java_heap
+    self._java: JavaServer | None = None
+    self._server = None
+    self._score = 0.0
+    self._history: list[str] = []
+    self._gold: dict[str, list[str]] = {}
+
+  # ---- JVM -------------------------------------------------------------------------------------------
+
+  def _sim(self):
+    """The simulator, starting a JVM on first use (and again if the last one died)."""
+    if self._java is None or not self._java.alive():
+      self.close()
+      self._java = JavaServer(JAR_PATH, BASEPATH, self.java_heap)
+      self._finalizer = weakref.finalize(self, self._java.close)
+      self._server = self._java.jvm.scienceworld.runtime.pythonapi.PythonInterface()
+    return self._server
+
+  @property
+  def java_pid(self) -> int | None:
+    """The JVM's process id (None before first use and after close)."""
+    return self._java.pid if self._java is not None else None
+
+  def close(self) -> None:
+    if self._java is not None:
+      self._finalizer.detach()
+      self._java.close()
+    self._java = self._server = None
+
+  # ---- TextEnv ---------------------------------------------------------------------------------------
+
+  @property
+  def instruction(self) -> str:
+    return INSTRUCTION
+
+  def _splits(self) -> dict[str, dict[str, list[int]]]:
+    if not _SPLITS:
+      sim = self._sim()
+      splits = {"train": {}, "test": {}}
+      for name in sorted(sim.getTaskNames()):
+        count = int(sim.getTaskMaxVariations(name))
+        if count >= 8:
+          train, _, test = variation_splits(count)
+        else:  # the package special-cases tiny tasks (none exist today): ask it, at the cost of a load
+          sim.load(name, 0, "", False)
+          train, test = list(sim.getVariationsTrain()), list(sim.getVariationsTest())
+        splits["train"][name], splits["test"][name] = train, test
+      _SPLITS.update(splits)
+    return _SPLITS
+
+  def tasks(self, split: str = "test", difficulty: str = "all") -> list[str]:
+    """Task ids of the package's `split` variations; families interleaved so a prefix spans them all."""
+    check_split(split, difficulty)
+    by_name = self._splits()[split]
+    groups = [[f"{name}/{v}" for v in variations] for name, variations in sorted(by_name.items())
+              if difficulty in ("all", difficulty_of(name))]
+    return _interleave(groups)
+
+  def _load(self, task: str, gold: bool = False) -> str:
+    name, variation = parse_task(task)
+    sim = self._sim()
+    if name not in self._splits()["test"]:
+      valid = ", ".join(sorted(_SPLITS["test"]))
+      raise ValueError(f"unknown sciworld task {name!r} in {task!r}; valid: {valid}")
+    sim.load(name, variation, "", gold)
+    sim.reset()
+    return sim.step("look around")  # what the package's reset() shows; it costs no move
+
+  def _observation(self, text: str) -> Observation:
+    actions = list(self._server.getValidActionObjectCombinations()) if self.valid_actions else None
+    return Observation(text, actions)
+
+  def _reset(self, task: str) -> Observation:
+    look = self._load(task)
+    self._score, self._history = 0.0, []
+    return self._observation(f"{self._server.freeActionTaskDesc().strip()}\n\n{look.strip()}")
+
+  def _step(self, action: str) -> Step:
+    action = _CONTROL.sub(" ", action).strip()
+    if not action or len(action) > MAX_ACTION_CHARS:
+      return self.invalid_step(f"{UNKNOWN_ACTION} (Actions are short commands such as 'look around'.)")
+    try:
+      text = self._server.step(action)
+      raw = round(100 * float(self._server.getScore()))  # the package's integer score
+      completed = bool(self._server.getCompleted())
+      moves = int(self._server.getNumMoves())
+      observation = self._observation(text.strip())
+    except Py4JError as e:  # the JVM died or broke: end the episode, report it as the env's failure
+      return Step(Observation(f"The simulator failed: {type(e).__name__}"), 0.0, True, False, 0.0,
+                  {"invalid": False, "env_error": repr(e)[:500]})
+    self._history.append(action)
+    score = min(max(raw, 0), 100) / 100
+    reward, self._score = score - self._score, score
+    # A negative score is the simulator's verdict that the task failed (e.g. focus on a wrong object).
+    done = completed or raw < 0
+    success = completed and raw >= 100
+    info = {"invalid": text.strip() == UNKNOWN_ACTION, "raw_score": raw, "moves": moves}
+    return Step(observation, float(reward), done, success, score, info)
+
+  def expert(self, task: str) -> list[str]:
+    """The package's gold action sequence for `task` (generated by its gold agent; tens of seconds for
+    the Mendelian-genetics tasks). An episode in progress is restored by replaying its actions."""
+    if task not in self._gold:
+      self._load(task, gold=True)
+      self._gold[task] = [str(a) for a in self._server.getGoldActionSequence()]
+      if self._task is not None:
+        self._load(self._task)
+        for action in self._history:
+          self._server.step(action)
+    return list(self._gold[task])
