@@ -84,6 +84,7 @@ def _holders(obj: str, recep_types) -> list[str]:
   return sorted(r for r in recep_types if obj in C.VAL_RECEPTACLE_OBJECTS.get(r, ()))
 
 
+@functools.lru_cache(maxsize=None)
 def goal_candidates(task_type: str, floor_plan: int) -> list[tuple[str, str, str]]:
   """(object, parent receptacle, toggle) choices that make a solvable, non-trivial task in the scene."""
   info = scene(floor_plan)

@@ -19,6 +19,13 @@ def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("alfworld_cache"))
 
 
+# Small rooms keep the fast tests fast (the engine's load time grows with objects x receptacles).
+FAST = {"easy": ["pick_and_place_simple/FloorPlan202/0", "look_at_obj_in_light/FloorPlan304/0"],
+        "hard": ["pick_clean_then_place_in_recep/FloorPlan404/0", "pick_two_obj_and_place/FloorPlan202/0",
+                 "pick_heat_then_place_in_recep/FloorPlan3/0"]}
+SMALL = FAST["easy"][0]
+
+
 @pytest.fixture(scope="module")
 def env(cache_dir):
   env = envs.make("alfworld", data_dir=None, cache_dir=cache_dir)
@@ -68,7 +75,7 @@ def test_bad_split_difficulty_and_task_raise_one_line_errors(env):
 # ---- generated game files --------------------------------------------------------------------------
 
 def test_generated_game_file_has_the_official_format(env, cache_dir):
-  task = "pick_heat_then_place_in_recep/FloorPlan1/0"
+  task = FAST["hard"][2]
   path = env.game_file(task)
   assert path.startswith(cache_dir) and path.endswith(os.path.join(task, "game.tw-pddl"))
   with open(path) as f:
@@ -79,7 +86,7 @@ def test_generated_game_file_has_the_official_format(env, cache_dir):
     assert data["pddl_domain"] == f.read()
   assert {"pddl_domain", "grammar", "pddl_problem", "solvable", "walkthrough"} <= set(data)
   assert data["solvable"] is True and data["walkthrough"]
-  assert traj["task_type"] == "pick_heat_then_place_in_recep" and traj["scene"]["scene_num"] == 1
+  assert traj["task_type"] == "pick_heat_then_place_in_recep" and traj["scene"]["scene_num"] == 3
   params = traj["pddl_params"]
   desc = traj["turk_annotations"]["anns"][0]["task_desc"]
   assert params["object_target"].lower() in desc and params["parent_target"].lower() in desc
@@ -101,7 +108,7 @@ def test_generation_is_deterministic_per_task_id():
 # ---- observations, actions, reward -----------------------------------------------------------------
 
 def test_reset_observation_is_alfworld_text_with_admissible_actions(env):
-  task = "pick_and_place_simple/FloorPlan1/0"
+  task = SMALL
   obs = env.reset(task)
   lines = obs.text.split("\n")
   assert len(lines) == 2
@@ -114,12 +121,12 @@ def test_reset_observation_is_alfworld_text_with_admissible_actions(env):
   seen = lines[0].split("you see ", 1)[1].rstrip(".").replace(", and ", ", ").split(", ")
   gotos = sorted(a[len("go to "):] for a in obs.valid_actions if a.startswith("go to "))
   assert sorted(s[len("a "):] for s in seen) == gotos
-  assert "countertop 1" in gotos and "fridge 1" in gotos
+  assert len(gotos) >= 3
 
 
 def test_expert_replay_on_a_few_tasks_rewards_only_the_last_step(env):
-  tasks = env.tasks("test", "easy")[:3] + env.tasks("test", "hard")[:3]
-  for task in tasks:
+  for task in FAST["easy"] + FAST["hard"]:
+    assert task in env.tasks("test", "easy" if task in FAST["easy"] else "hard")
     env.reset(task)
     plan = env.expert(task)
     assert 2 <= len(plan) <= 15
@@ -135,7 +142,7 @@ def test_expert_replay_on_a_few_tasks_rewards_only_the_last_step(env):
 
 
 def test_inadmissible_actions_get_alfworld_feedback_and_count_invalid(env):
-  task = "pick_and_place_simple/FloorPlan1/0"
+  task = SMALL
   env.reset(task)
   step = env.step("fly to the moon")
   assert step.observation.text == "Nothing happens." and step.info["invalid"] and not step.done
@@ -155,14 +162,15 @@ def test_inadmissible_actions_get_alfworld_feedback_and_count_invalid(env):
 
 
 def test_fuzz_2000_malformed_outputs_never_raise(env):
-  task = env.tasks("test", "hard")[0]
+  task = SMALL
   invalid = env_checks.fuzz(env, task, env_checks.malformed_outputs(seed=0, n=2000))
   assert invalid >= 1900
 
 
-def test_first_observation_is_the_same_in_two_fresh_processes(tmp_path):
-  a = env_checks.first_observation_in_process("alfworld", {"cache_dir": str(tmp_path / "a")}, index=1)
-  b = env_checks.first_observation_in_process("alfworld", {"cache_dir": str(tmp_path / "b")}, index=1)
+def test_first_observation_is_the_same_in_two_fresh_processes(env, tmp_path):
+  index = env.tasks("test").index(FAST["hard"][1])
+  a = env_checks.first_observation_in_process("alfworld", {"cache_dir": str(tmp_path / "a")}, index=index)
+  b = env_checks.first_observation_in_process("alfworld", {"cache_dir": str(tmp_path / "b")}, index=index)
   assert a == b and a[1].startswith("You are in the middle of a room.")
   files = [tmp_path / d / f"v{gen.GENERATOR_VERSION}" / a[0] / "game.tw-pddl" for d in "ab"]
   assert files[0].read_bytes() == files[1].read_bytes()
