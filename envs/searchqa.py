@@ -141,6 +141,40 @@ def format_information(docs: list[Doc]) -> str:
   return "<information>" + "\n".join(lines) + "</information>"
 
 
+# ---- candidate actions (for the `choose` action mode) --------------------------------------------------
+
+_NAME = re.compile(r"[A-Z][\w'-]*(?:[ \t]+[A-Z][\w'-]*)*")
+_NUMBER = re.compile(r"\b\d{3,4}\b")
+# Capitalised only because they start a sentence or a question; never a name on their own.
+_NOT_NAMES = {"A", "An", "The", "In", "On", "At", "Of", "It", "Its", "He", "She", "They", "His", "Her",
+              "Their", "This", "That", "What", "Which", "Who", "Whom", "Whose", "Where", "When", "How",
+              "Why", "Is", "Was", "Are", "Were", "Did", "Does", "Do"}
+
+
+def candidate_spans(text: str) -> list[str]:
+  """Names (runs of capitalised words, leading function words dropped) and 3-4 digit numbers of `text`,
+  in order of first appearance, without repeats."""
+  spans = []
+  for match in _NAME.finditer(text):
+    words = match.group(0).split()
+    while words and words[0] in _NOT_NAMES:
+      words = words[1:]
+    if words and " ".join(words) not in _NOT_NAMES:
+      spans.append(" ".join(words))
+  spans += _NUMBER.findall(text)
+  return list(dict.fromkeys(spans))
+
+
+def candidate_actions(question: str, passages: list[Doc], searched: set[str]) -> list[str]:
+  """The listed actions: answers drawn from the latest passages, then searches for the names of the
+  question and of those passages not searched yet, then the question itself as a query."""
+  seen = list(dict.fromkeys(span for d in passages for span in candidate_spans(f"{d.title}. {d.text}")))
+  answers = [f"<answer>{span}</answer>" for span in seen]
+  names = [span for span in candidate_spans(question) + seen if not span.isdigit()]
+  queries = [q for q in dict.fromkeys(names + [" ".join(question.split())]) if q not in searched]
+  return answers + [f"<search>{q}</search>" for q in queries]
+
+
 # Built once per process and data source: every env instance of a worker shares the index.
 _DATA: dict[tuple, tuple[BM25Index, dict[str, Question]]] = {}
 _DATA_LOCK = threading.Lock()
@@ -188,6 +222,7 @@ class SearchQAEnv(TextEnv):
     self._index, self._questions = _data(self.data_dir, seed)
     self._question: Question | None = None
     self._searches = 0
+    self._searched: set[str] = set()
 
   @property
   def instruction(self) -> str:
@@ -206,7 +241,9 @@ class SearchQAEnv(TextEnv):
   def _reset(self, task: str) -> Observation:
     self._question = self.question(task)
     self._searches = 0
-    return Observation(f"Question: {self._question.question}")
+    self._searched = set()
+    question = self._question.question
+    return Observation(f"Question: {question}", candidate_actions(question, [], self._searched))
 
   def parse(self, text: str) -> str | None:
     return parse_tags(text)
@@ -228,10 +265,11 @@ class SearchQAEnv(TextEnv):
     info = {"invalid": False, "searches": self._searches}
     if kind == "search":
       self._searches += 1
+      self._searched.add(content)
       info["searches"] = self._searches
-      hits = self._index.search(content, self.top_k)
-      text = format_information([self._index.docs[i] for i in hits])
-      return Step(Observation(text), 0.0, False, False, 0.0, info)
+      passages = [self._index.docs[i] for i in self._index.search(content, self.top_k)]
+      valid = candidate_actions(self._question.question, passages, self._searched)
+      return Step(Observation(format_information(passages), valid), 0.0, False, False, 0.0, info)
     em = exact_match(content, self._question.answers)
     info.update(em=em, f1=f1_score(content, self._question.answers), answer=content[:200])
     verdict = "correct" if em else "incorrect"

@@ -10,6 +10,7 @@ import envs
 from envs.searchqa import (
   BM25Index,
   SearchQAEnv,
+  candidate_spans,
   exact_match,
   f1_score,
   malformed_feedback,
@@ -135,6 +136,23 @@ def test_generated_facts_are_only_in_the_corpus(env):
       env.reset(task)
       seen = " ".join(env.step(a).observation.text for a in env.expert(task)[:-1])
       assert env.question(task).answers[0] in seen, task
+
+
+def test_candidate_spans_hand_case():
+  text = "In which year was the founder of the Dorei Observatory born? It was 1818, in Keiqavport."
+  assert candidate_spans(text) == ["Dorei Observatory", "Keiqavport", "1818"]
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "hard"])
+def test_listed_actions_contain_the_expert_path(env, difficulty):
+  """The `choose` mode (which picks among valid_actions, the first 32) can follow the expert."""
+  for task in env.tasks("test", difficulty)[:50]:
+    obs = env.reset(task)
+    for action in env.expert(task):
+      assert action in obs.valid_actions[:32], (task, action)
+      assert len(set(obs.valid_actions)) == len(obs.valid_actions)
+      assert all(env.parse(a) == a for a in obs.valid_actions)
+      obs = env.step(action).observation
 
 
 # ---- splits and difficulty ----------------------------------------------------------------------------
