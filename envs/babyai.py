@@ -351,34 +351,35 @@ def _compress(level: str, seed: int, primitives: list[int], poses: list[tuple]) 
   pose, and P[m:k] is the tail. Moves change nothing but the pose, so the states then agree.
   """
   episode = _Episode(level, seed)
-  actions, i, n = [], 0, len(primitives)
-  while i < n and not episode.done:
-    stop = i
-    while stop < n and primitives[stop] in _MOVES:
-      stop += 1
-    best, best_k = None, i
-    for text, (path, tail) in episode.macros().items():
-      if text == "check available actions":
-        continue
-      end = _end_pose(episode.pose(), path)
-      for m in range(stop, i - 1, -1):
-        k = m + len(tail)
-        if poses[m] == end and primitives[m:k] == tail and k > best_k:
-          best, best_k = text, k
-          break
-      # The bot's final run of moves ends the episode: any macro ending at its last pose does too.
-      if not tail and stop == n and end == poses[n] and n > best_k:
-        best, best_k = text, n
-    if best is None:
-      return None
-    episode.run(sum(episode.macros()[best], []))
-    actions.append(best)
-    if not episode.done and episode.pose() != poses[best_k]:
-      return None
-    i = best_k
-  ok = episode.success
-  episode.gym_env.close()
-  return actions if ok else None
+  try:
+    actions, i, n = [], 0, len(primitives)
+    while i < n and not episode.done:
+      stop = i
+      while stop < n and primitives[stop] in _MOVES:
+        stop += 1
+      best, best_k = None, i
+      for text, (path, tail) in episode.macros().items():
+        if text == "check available actions":
+          continue
+        end = _end_pose(episode.pose(), path)
+        for m in range(stop, i - 1, -1):
+          k = m + len(tail)
+          if poses[m] == end and primitives[m:k] == tail and k > best_k:
+            best, best_k = text, k
+            break
+        # The bot's final run of moves ends the episode: any macro ending at its last pose does too.
+        if not tail and stop == n and end == poses[n] and n > best_k:
+          best, best_k = text, n
+      if best is None:
+        return None
+      episode.run(sum(episode.macros()[best], []))
+      actions.append(best)
+      if not episode.done and episode.pose() != poses[best_k]:
+        return None
+      i = best_k
+    return actions if episode.success else None
+  finally:
+    episode.gym_env.close()
 
 
 def _end_pose(pose: tuple[int, int, int], moves: list[int]) -> tuple[int, int, int]:

@@ -181,3 +181,20 @@ def test_bad_arguments_raise():
       pool.reset([("textcraft", "stick")])
     with pytest.raises(ValueError, match="before any reset"):
       pool.step(["Action: x"])
+
+
+@pytest.mark.java
+@pytest.mark.parametrize("kill_first", [False, True])
+def test_no_jvm_outlives_the_pool(kill_first):
+  # TextWorld-Express runs in a JVM started by its worker (py4j): it must go with the worker.
+  pool = envs.EnvPool("twx", size=2, workers=2, timeout_s=300)
+  tasks = pool.tasks("twx", "test", "easy")[:2]
+  pool.reset([("twx", t) for t in tasks])
+  jvms = [p for p in _descendants() if "java" in p.name()]
+  assert len(jvms) >= 2
+  if kill_first:  # a crashed worker leaves its JVM orphaned: the restart must still remove it
+    os.kill(pool.worker_pids()[0], signal.SIGKILL)
+    assert "env_error" in pool.step(["Action: look", None])[0].info
+  pool.close()
+  assert all(_gone(p.pid) for p in jvms)
+  assert _descendants() == []
