@@ -1,6 +1,6 @@
 """RL core: advantage estimators, loss terms, the jitted PPO/GRPO learner and the SFT step.
 
-`from agentgen_jax import rl` then `rl.advantages`, `rl.losses`, `rl.learner`, `rl.sft`.
+`from agentgen_jax import rl` then `rl.advantages`, `rl.losses`, `rl.policy`, `rl.learner`, `rl.sft`.
 """
 
-from agentgen_jax.rl import advantages, losses  # noqa: F401
+from agentgen_jax.rl import advantages, learner, losses, policy, sft  # noqa: F401

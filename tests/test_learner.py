@@ -1,0 +1,298 @@
+"""The learner on the tiny model: choice-mode log-probs against separate forwards of each candidate,
+exact micro-batch reduction, 8 simulated devices against one, and PPO moving log-probs the right way."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agentgen_jax import models
+from agentgen_jax.rl import learner, policy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = models.preset("tiny")
+  return cfg, models.init_params(cfg, jax.random.PRNGKey(0))
+
+
+def token_batch(seed, b=8, t=24, vocab=4096):
+  """A TOKEN-mode batch: [obs][agent][obs][agent] rows, some right-padded, with random RL fields."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, vocab, size=(b, t)).astype(np.int32)
+  valid = np.ones((b, t), bool)
+  loss_mask = np.zeros((b, t), np.float32)
+  for i in range(b):
+    length = t - int(rng.integers(0, 6))
+    valid[i, length:] = False
+    loss_mask[i, 5:9] = 1.0
+    loss_mask[i, 13:min(length, 18)] = 1.0
+  return dict(tokens=tokens, positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)), valid=valid,
+              loss_mask=loss_mask,
+              rewards=np.where(loss_mask > 0, rng.normal(size=(b, t)), 0).astype(np.float32),
+              advantages=rng.normal(size=(b, t)).astype(np.float32),
+              returns=rng.normal(size=(b, t)).astype(np.float32))
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def tree_rel_err(a, b):
+  flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
+  return rel_err(flat(a), flat(b))
+
+
+def param_delta(state, params0):
+  return jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64), state.params,
+                      params0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Choice mode: a packed tree of candidates must score each candidate as if it were forwarded on its own.
+
+def choice_batch(rows, pad_to=None):
+  """Packs episodes into the CHOICE-mode layout.
+
+  rows: list of episodes; an episode is a list of turns (context tokens, candidates [token lists], chosen).
+  Returns the batch dict and, per row, [(context prefix, candidate token lists, chosen)] for references.
+  """
+  packed, refs = [], []
+  for turns in rows:
+    main, extra, cand_turn, chosen, state_pos, ref = [], [], [], [], [], []
+    for k, (ctx, cands, pick) in enumerate(turns):
+      main += [(tok, -1) for tok in ctx]
+      sp = len(main) - 1
+      state_pos.append(sp)
+      ref.append(([tok for tok, _ in main], cands, pick))
+      base = len(cand_turn)
+      cand_turn += [k] * len(cands)
+      chosen.append(base + pick)
+      main += [(tok, base + pick) for tok in cands[pick]]
+      extra += [(base + c, cand, sp) for c, cand in enumerate(cands) if c != pick]
+    packed.append((main, extra, cand_turn, chosen, state_pos))
+    refs.append(ref)
+  t = pad_to or max(len(m) + sum(len(c) for _, c, _ in e) for m, e, *_ in packed)
+  c_max = max(len(p[2]) for p in packed)
+  k_max = max(len(p[3]) for p in packed)
+  b = len(rows)
+  out = dict(tokens=np.zeros((b, t), np.int32), positions=np.zeros((b, t), np.int32),
+             valid=np.zeros((b, t), bool), attn_mask=np.zeros((b, t, t), bool),
+             pred_pos=np.zeros((b, t), np.int32), cand_id=np.full((b, t), -1, np.int32),
+             cand_turn=np.full((b, c_max), -1, np.int32), chosen=np.full((b, k_max), -1, np.int32),
+             state_pos=np.zeros((b, k_max), np.int32), unit_mask=np.zeros((b, k_max), np.float32))
+  for i, (main, extra, cand_turn, chosen, state_pos) in enumerate(packed):
+    n = len(main)
+    for j, (tok, cid) in enumerate(main):
+      out["tokens"][i, j], out["cand_id"][i, j], out["positions"][i, j] = tok, cid, j
+      out["pred_pos"][i, j] = max(j - 1, 0)
+      out["attn_mask"][i, j, :j + 1] = True
+    out["valid"][i, :n] = True
+    pos = n
+    for cid, cand, sp in extra:
+      start = pos
+      for m, tok in enumerate(cand):
+        out["tokens"][i, pos], out["cand_id"][i, pos], out["valid"][i, pos] = tok, cid, True
+        out["positions"][i, pos] = sp + 1 + m
+        out["pred_pos"][i, pos] = sp if m == 0 else pos - 1
+        out["attn_mask"][i, pos, :sp + 1] = True
+        out["attn_mask"][i, pos, start:pos + 1] = True
+        pos += 1
+    for j in range(pos, t):
+      out["attn_mask"][i, j, j] = True  # padding sees itself only
+    out["cand_turn"][i, :len(cand_turn)] = cand_turn
+    out["chosen"][i, :len(chosen)] = chosen
+    out["state_pos"][i, :len(state_pos)] = state_pos
+    out["unit_mask"][i, :len(chosen)] = 1.0
+  return out, refs
+
+
+def random_episodes(seed, b=2, vocab=4096):
+  rng = np.random.default_rng(seed)
+  tok = lambda n: [int(x) for x in rng.integers(3, vocab, size=n)]
+  rows = []
+  for i in range(b):
+    turns = []
+    for _ in range(2 + i % 2):
+      cands = [tok(int(rng.integers(1, 4))) for _ in range(int(rng.integers(2, 4)))]
+      turns.append((tok(int(rng.integers(2, 5))), cands, int(rng.integers(0, len(cands)))))
+    rows.append(turns)
+  return rows
+
+
+def reference_choice(cfg, params, head, refs):
+  """Each candidate forwarded on its own after its context (plain causal attention, one row per
+  sequence, right-padded to one length so that one jitted forward serves them all): per-turn log-prob,
+  entropy and value (read at the context's last token of a context-only row)."""
+  seqs = []
+  for row in refs:
+    for ctx, cands, _ in row:
+      seqs += [ctx + cand for cand in cands] + [ctx]
+  length = max(len(s) for s in seqs)
+  tokens = np.zeros((len(seqs), length), np.int32)
+  for i, seq in enumerate(seqs):
+    tokens[i, :len(seq)] = seq
+  positions = np.tile(np.arange(length, dtype=np.int32), (len(seqs), 1))
+  logits, hidden = jax.jit(lambda p, t, q: models.forward(cfg, p, t, q)[:2])(params, tokens, positions)
+  logp_all = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+  value_all = np.asarray(models.value.values(head, hidden), np.float64)
+  out, n = [], 0
+  for row in refs:
+    logps, ents, vals = [], [], []
+    for ctx, cands, pick in row:
+      scores = []
+      for cand in cands:
+        scores.append(sum(logp_all[n, len(ctx) - 1 + m, tok] for m, tok in enumerate(cand)))
+        n += 1
+      scores = np.array(scores)
+      log_pi = scores - scores.max() - np.log(np.sum(np.exp(scores - scores.max())))
+      logps.append(log_pi[pick])
+      ents.append(-np.sum(np.exp(log_pi) * log_pi))
+      vals.append(value_all[n, len(ctx) - 1])
+      n += 1
+    out.append((logps, ents, vals))
+  return out
+
+
+def test_choice_logprobs_equal_separate_candidate_forwards(tiny):
+  cfg, params = tiny
+  head = models.value.init_value_head(cfg, jax.random.PRNGKey(1))
+  batch, refs = choice_batch(random_episodes(0, b=3))
+  logp, ent, values = jax.jit(lambda p, h, bt: policy.units("choice", cfg, p, h, "shared", bt))(
+      params, head, batch)
+  for i, (r_logp, r_ent, r_val) in enumerate(reference_choice(cfg, params, head, refs)):
+    k = len(r_logp)
+    np.testing.assert_allclose(np.asarray(logp)[i, :k], r_logp, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ent)[i, :k], r_ent, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(values)[i, :k], r_val, rtol=1e-4, atol=1e-5)
+    assert np.all(np.asarray(logp)[i, k:] == 0)  # padded turns
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token mode.
+
+def test_evaluate_batch_logprobs_values_and_mismatch(tiny):
+  cfg, params = tiny
+  lcfg = learner.LearnerConfig(critic="shared", kl_coef=0.1, micro_batch_size=2, mini_batch_size=4)
+  state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(0))
+  batch = token_batch(1, b=3)
+  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  logits, hidden, _ = models.forward(cfg, params, batch["tokens"], batch["positions"], batch["valid"])
+  lp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+  ref = np.zeros(batch["tokens"].shape)
+  for i in range(3):
+    for t in range(1, ref.shape[1]):
+      ref[i, t] = lp[i, t - 1, batch["tokens"][i, t]]
+  np.testing.assert_allclose(ev["logprobs"], ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ev["ref_logprobs"], ev["logprobs"], rtol=1e-6)  # the reference is a copy
+  v = np.asarray(models.value.values(state.critic_params, hidden))
+  np.testing.assert_allclose(ev["old_values"][:, 1:], v[:, :-1], rtol=1e-5, atol=1e-6)
+  batch["old_logprobs"] = ev["logprobs"] + np.where(batch["loss_mask"] > 0, 0.5, 7.0)
+  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  assert abs(ev["logprob_mismatch"] - 0.5) < 1e-5
+
+
+def _fresh(cfg, params, lcfg):
+  params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+  return learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(3))
+
+
+def _rl_fields(cfg, params, lcfg, batch):
+  state = _fresh(cfg, params, lcfg)
+  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  rng = np.random.default_rng(5)
+  batch = dict(batch, old_logprobs=ev["logprobs"] + 0.1 * rng.normal(size=ev["logprobs"].shape),
+               old_values=ev["old_values"], ref_logprobs=ev["ref_logprobs"] - 0.05)
+  return {k: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 else v for k, v in batch.items()}
+
+
+def test_microbatched_update_equals_full_batch_update(tiny):
+  cfg, params = tiny
+  # eps = 1 makes the first AdamW step linear in the gradient (-lr * g / (|g| + 1)), so comparing the
+  # parameter deltas compares the gradients (with eps = 1e-8 it is sign(g), blind to gradient errors);
+  # lr = 1 keeps the deltas far above the float32 rounding of the parameters.
+  base = dict(lr=1.0, eps=1.0, critic="shared", kl_coef=0.1, kl_mode="loss", entropy_coef=0.01,
+              mini_batch_size=8)
+  micro = learner.LearnerConfig(micro_batch_size=2, **base)
+  full = learner.LearnerConfig(micro_batch_size=8, **base)
+  batch = _rl_fields(cfg, params, micro, token_batch(2))
+  results = []
+  for lcfg in (micro, full):
+    state, metrics = learner.make_update(cfg, lcfg, "token")(_fresh(cfg, params, lcfg), batch)
+    results.append((param_delta(state, params), state.critic_params, jax.device_get(metrics)))
+  (d_micro, c_micro, m_micro), (d_full, c_full, m_full) = results
+  assert tree_rel_err(d_micro, d_full) < 1e-5
+  assert tree_rel_err(c_micro, c_full) < 1e-5
+  for key in ("policy_loss", "value_loss", "kl", "entropy", "grad_norm", "clip_frac", "explained_variance"):
+    # Float32 sums of ~100 signed terms: relative 1e-5 or absolute 1e-6 (cancellation, e.g. the KL).
+    np.testing.assert_allclose(m_micro[key], m_full[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  # Exact reduction, not a mean of micro-batch means: the rows hold different numbers of loss tokens.
+  assert m_full["n_units"] == batch["loss_mask"].sum()
+
+
+def test_ppo_epochs_raise_logprobs_of_positive_advantage_tokens(tiny):
+  cfg, params = tiny
+  lcfg = learner.LearnerConfig(lr=3e-3, micro_batch_size=2, mini_batch_size=4, epochs=3)
+  state = _fresh(cfg, params, lcfg)
+  batch = token_batch(3, b=6)
+  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  sign = np.where(np.arange(batch["tokens"].shape[1]) % 2 == 0, 1.0, -1.0)[None]
+  batch.update(old_logprobs=ev["logprobs"], advantages=(sign * batch["loss_mask"]).astype(np.float32))
+  update = learner.make_update(cfg, lcfg, "token")
+  state, metrics = learner.train_epochs(update, state, batch, jax.random.PRNGKey(7), lcfg)
+  assert int(state.step) == 6  # 3 epochs x 2 minibatches (6 rows: 4, then 2 padded with masked rows)
+  after = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)["logprobs"]
+  diff = (after - ev["logprobs"])
+  pos = (batch["loss_mask"] > 0) & (sign > 0)
+  neg = (batch["loss_mask"] > 0) & (sign < 0)
+  assert diff[pos].mean() > 0.05 and diff[neg].mean() < -0.05, (diff[pos].mean(), diff[neg].mean())
+  assert metrics["clip_frac"] > 0  # later epochs hit the trust region
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8 simulated devices: the sharded update equals the 1-device update.
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+  import json, sys
+  import jax, jax.numpy as jnp, numpy as np
+  sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+  from agentgen_jax import models, parallel
+  from agentgen_jax.rl import learner
+  import test_learner as tl
+  assert jax.device_count() == 8, jax.devices()
+  cfg = models.preset("tiny"); params = models.init_params(cfg, jax.random.PRNGKey(0))
+  lcfg = learner.LearnerConfig(lr=1.0, eps=1.0, critic="shared", kl_coef=0.1, entropy_coef=0.01,
+                               micro_batch_size=8, mini_batch_size=16)
+  batch = tl._rl_fields(cfg, params, lcfg, tl.token_batch(4, b=16))
+  mesh = parallel.make_mesh(axes=("data",))
+  s1, m1 = learner.make_update(cfg, lcfg, "token")(tl._fresh(cfg, params, lcfg), batch)
+  s8 = jax.device_put(tl._fresh(cfg, params, lcfg), parallel.replicated(mesh))
+  s8, m8 = learner.make_update(cfg, lcfg, "token", mesh=mesh)(s8, batch)
+  m1, m8 = jax.device_get((m1, m8))
+  out = dict(params=tl.tree_rel_err(tl.param_delta(s8, params), tl.param_delta(s1, params)),
+             critic=tl.tree_rel_err(s8.critic_params, s1.critic_params),
+             metrics={{k: abs(float(m8[k]) - float(m1[k])) / (abs(float(m1[k])) + 0.1) for k in m1}},
+             sharded=str(s8.params["embed"]["embedding"].sharding))
+  print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_update_on_8_simulated_devices_equals_1_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT)
+  script = _SHARDED_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert out["params"] < 1e-5 and out["critic"] < 1e-5, out
+  assert all(err < 1e-5 for err in out["metrics"].values()), out
