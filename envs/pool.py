@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import threading
 import time
 import traceback
 import weakref
@@ -37,6 +38,7 @@ def _worker_main(conn, targets: dict[str, str], env_kwargs: dict[str, dict], see
   except OSError:
     pass
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes us.
+  threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
   for name, target in targets.items():
     registry.register(name, target)
   random.seed(seed)
@@ -76,11 +78,14 @@ def _worker_main(conn, targets: dict[str, str], env_kwargs: dict[str, dict], see
     try:
       cmd, payload = conn.recv()
     except (EOFError, OSError):
-      break
+      cmd, payload = "close", None
     if cmd == "close":
       for key in list(instances):
         drop(key)
-      conn.send(("ok", None))
+      try:
+        conn.send(("ok", None))
+      except (OSError, ValueError):
+        pass
       break
     try:
       if cmd == "reset":
@@ -94,6 +99,14 @@ def _worker_main(conn, targets: dict[str, str], env_kwargs: dict[str, dict], see
       conn.send(reply)
     except Exception:  # noqa: BLE001 - e.g. an unpicklable result; tell the parent, keep serving.
       conn.send(("error", traceback.format_exc().splitlines()[-1][:300]))
+
+
+def _exit_with_parent(parent: int) -> None:
+  """Kills this worker's process group (its JVMs too) once the pool's process is gone, even mid-step."""
+  while True:
+    time.sleep(1.0)
+    if os.getppid() != parent:
+      os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def _call(env, method: str, args: tuple):

@@ -198,3 +198,25 @@ def test_no_jvm_outlives_the_pool(kill_first):
   pool.close()
   assert all(_gone(p.pid) for p in jvms)
   assert _descendants() == []
+
+
+def test_workers_and_their_children_die_with_the_parent(tmp_path):
+  # A parent killed without any chance to clean up (SIGKILL) must not leave workers or JVMs behind.
+  script = tmp_path / "parent.py"
+  script.write_text(
+      "import sys, time\n"
+      f"sys.path[:0] = {[os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]!r}\n"
+      "import envs\n"
+      f"envs.register('flaky', '{FlakyEnv.__module__}:FlakyEnv')\n"
+      "if __name__ == '__main__':\n"
+      "  pool = envs.EnvPool('flaky', size=2, workers=2)\n"
+      "  obs = pool.reset([('flaky', 'a')] * 2)\n"
+      "  print(*pool.worker_pids(), *[o.text.split()[-1] for o in obs], flush=True)\n"
+      "  pool.step(['Action: sleep', None])\n")
+  parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+  pids = [int(p) for p in parent.stdout.readline().split()]
+  assert len(pids) == 4
+  time.sleep(0.5)  # worker 0 is now inside its sleeping step
+  parent.kill()
+  parent.wait()
+  assert all(_gone(pid) for pid in pids)
