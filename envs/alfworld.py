@@ -84,11 +84,11 @@ _DOWNWARD = _Downward()
 pddl_logic.fast_downward = _DOWNWARD
 
 
-def _load(engine: PddlEnv, path: str, plan: bool, cache_dir: str | None) -> None:
-  """Loads a game file and names entities as ALFWorld does ("apple 1" for Apple_bar__plus_00...)."""
+def _load(engine: PddlEnv, game, plan: bool, cache_dir: str | None) -> None:
+  """Loads a game (file or its dict) and names entities as ALFWorld does ("apple 1" for Apple_bar_...)."""
   _DOWNWARD.plan, _DOWNWARD.folder = plan, cache_dir
   try:
-    engine.load(path)
+    engine.load(game)
   finally:
     _DOWNWARD.plan, _DOWNWARD.folder = True, None
   names = Demangler(game_infos=engine._entity_infos)
@@ -219,7 +219,7 @@ class ALFWorldEnv(TextEnv):
     # Different random draws of the same task id until the planner solves it (first draw almost always).
     for attempt in range(4):
       data, traj_data = gen.game_data(task, attempt)
-      plan = self._plan_data(gen.game_data(task, attempt, planning=True)[0], os.path.dirname(path))
+      plan = self._plan(data)
       if plan:
         data["solvable"], data["walkthrough"] = True, plan
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -228,21 +228,21 @@ class ALFWorldEnv(TextEnv):
         return
     raise RuntimeError(f"alfworld task {task!r}: no solvable game after 4 draws")
 
-  def _plan_data(self, data: dict, folder: str) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"plan.{os.getpid()}.tw-pddl")
-    _write_json(tmp, data)
-    try:
-      return self._plan_file(tmp)
-    finally:
-      os.remove(tmp)
-
-  def _plan_file(self, path: str) -> list[str]:
-    """The PDDL planner's commands from the initial state (TextWorld's policy_commands)."""
+  def _plan(self, data: dict) -> list[str]:
+    """The PDDL planner's commands from the initial state (TextWorld's policy_commands), planned on the
+    problem reduced to the goal's objects, else on the whole problem; [] when neither has a plan."""
     if self._planner is None:
       self._planner = PddlEnv(textworld.EnvInfos(policy_commands=True, won=True))
-    _load(self._planner, path, plan=True, cache_dir=None)
-    return list(self._planner.reset()["policy_commands"])
+    reduced = dict(data, pddl_problem=gen.planning_problem(data["pddl_problem"]))
+    for game in [reduced] + ([data] if reduced["pddl_problem"] != data["pddl_problem"] else []):
+      try:
+        _load(self._planner, game, plan=True, cache_dir=None)
+        plan = list(self._planner.reset()["policy_commands"])
+      except Exception:  # e.g. a reduced problem that no longer parses: plan on the whole one
+        plan = []
+      if plan:
+        return plan
+    return []
 
   # ---- episode -----------------------------------------------------------------------------------
 
@@ -296,7 +296,7 @@ class ALFWorldEnv(TextEnv):
       if data.get("walkthrough") and path.startswith(self.cache_dir + os.sep):
         self._plans[path] = list(data["walkthrough"])
       else:
-        self._plans[path] = self._plan_file(path) or list(data.get("walkthrough") or [])
+        self._plans[path] = self._plan(data) or list(data.get("walkthrough") or [])
     return list(self._plans[path])
 
   def close(self) -> None:

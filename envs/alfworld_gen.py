@@ -143,13 +143,8 @@ def _loc(pose, used: set[str]) -> str:
   return loc
 
 
-def build_problem(task: str, attempt: int = 0, planning: bool = False) -> tuple[str, dict[str, Any]]:
-  """The PDDL problem text of `task` and its traj_data (the fields of ALFRED's traj_data.json we use).
-
-  planning=True keeps only the objects the goal is about (all instances of the target and lamp types) and
-  every receptacle: the planner's search is then seconds instead of minutes, and since ALFWorld numbers the
-  instances of each name separately ("apple 1", "apple 2"), its plan names the same entities as the game.
-  """
+def build_problem(task: str, attempt: int = 0) -> tuple[str, dict[str, Any]]:
+  """The PDDL problem text of `task` and its traj_data (the fields of ALFRED's traj_data.json we use)."""
   task_type, floor_plan, index = parse_task(task)
   info = scene(floor_plan)
   rng = _rng(GENERATOR_VERSION, task, attempt)
@@ -192,8 +187,6 @@ def build_problem(task: str, attempt: int = 0, planning: bool = False) -> tuple[
     holders = [r for r in LAMP_HOLDERS if r in by_type]
     objects[f"{toggle}|{_coord(rng)}"] = (toggle, rng.choice(by_type[rng.choice(holders)]))
 
-  if planning:
-    objects = {k: v for k, v in objects.items() if v[0] in (obj, toggle)}
   problem = _problem_text(task, receptacles, objects, agent_loc, task_type, obj, parent, toggle)
   template = rng.choice(goal_library.gdict[task_type]["templates"])
   desc = template.format(obj=obj.lower(), recep=parent.lower(), toggle=toggle.lower(), mrecep="")
@@ -255,12 +248,32 @@ def game_logic() -> dict[str, str]:
   return {"pddl_domain": domain, "grammar": grammar}
 
 
-def game_data(task: str, attempt: int = 0, planning: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def game_data(task: str, attempt: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
   """(game.tw-pddl content, traj_data) of a generated task; solvable/walkthrough still unset (None)."""
-  problem, traj_data = build_problem(task, attempt, planning)
+  problem, traj_data = build_problem(task, attempt)
   logic = game_logic()
   desc = traj_data["turk_annotations"]["anns"][0]["task_desc"]
   # As alfworld-generate does: the goal text is baked into the game's grammar.
   grammar = logic["grammar"].replace("UNKNOWN GOAL", desc)
   return ({"pddl_domain": logic["pddl_domain"], "grammar": grammar, "pddl_problem": problem,
            "solvable": None, "walkthrough": None}, traj_data)
+
+
+_TOKEN = re.compile(r"[^\s()]+")
+
+
+def planning_problem(problem: str) -> str:
+  """The problem without the objects whose type the goal does not name (line-based, as ALFRED writes them).
+
+  The planner's search is then seconds instead of minutes. ALFWorld numbers the instances of each name on
+  their own ("apple 1", "apple 2"), so a plan for the reduced problem names the same entities as the game,
+  and it stays valid there (other objects never block an action of this domain).
+  """
+  head, sep, goal = problem.partition("(:goal")
+  keep = {t.lower() for t in re.findall(r"\(objectType\s+\?\S+\s+([^\s()]+)\)", goal, re.IGNORECASE)}
+  if not sep or not keep:
+    return problem
+  types = re.findall(r"\(objectType\s+([^\s()]+)\s+([^\s()]+)\)", head, re.IGNORECASE)
+  drop = {o.lower() for o, t in types if t.lower() not in keep}
+  lines = [line for line in head.split("\n") if not {tok.lower() for tok in _TOKEN.findall(line)} & drop]
+  return "\n".join(lines) + sep + goal

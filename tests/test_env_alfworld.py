@@ -183,6 +183,7 @@ APPLE = "Apple_bar__plus_00_dot_10_bar__plus_00_dot_95_bar__minus_02_dot_40"
 COUNTER = "CounterTop_bar__plus_00_dot_69_bar__plus_00_dot_95_bar__minus_02_dot_48"
 FRIDGE = "Fridge_bar__minus_02_dot_10_bar__plus_00_dot_00_bar__plus_01_dot_09"
 SINK = "Sink_bar__minus_01_dot_90_bar__plus_00_dot_97_bar__minus_01_dot_50_bar_SinkBasin"
+MUG = "Mug_bar__plus_00_dot_30_bar__plus_00_dot_95_bar__minus_02_dot_30"  # not in any goal
 LOCS = {COUNTER: "loc_bar_3_bar__minus_7_bar_180_bar_30", FRIDGE: "loc_bar__minus_4_bar_4_bar_270_bar_0",
         SINK: "loc_bar__minus_4_bar__minus_6_bar_270_bar_45"}
 START = "loc_bar_0_bar_0_bar_0_bar_30"
@@ -195,15 +196,17 @@ GOALS = {
 def _problem(task_type: str, apple_in: str) -> str:
   _, recep_type, extra = GOALS[task_type]
   rtypes = {COUNTER: "CounterTopType", FRIDGE: "FridgeType", SINK: "SinkBasinType"}
-  objects = ["agent1 - agent", "AppleType - otype", "MicrowaveType - rtype"]
-  objects += [f"{t} - rtype" for t in rtypes.values()] + [f"{APPLE} - object"]
+  objects = ["agent1 - agent", "AppleType - otype", "MugType - otype", "MicrowaveType - rtype"]
+  objects += [f"{t} - rtype" for t in rtypes.values()] + [f"{APPLE} - object", f"{MUG} - object"]
   objects += [f"{r} - receptacle" for r in rtypes] + [f"{loc} - location" for loc in [*LOCS.values(), START]]
   init = [f"(atLocation agent1 {START})", f"(objectType {APPLE} AppleType)", f"(pickupable {APPLE})",
           f"(coolable {APPLE})", f"(cleanable {APPLE})", f"(heatable {APPLE})", f"(openable {FRIDGE})",
-          f"(inReceptacle {APPLE} {apple_in})", f"(objectAtLocation {APPLE} {LOCS[apple_in]})"]
+          f"(inReceptacle {APPLE} {apple_in})", f"(objectAtLocation {APPLE} {LOCS[apple_in]})",
+          f"(objectType {MUG} MugType)", f"(pickupable {MUG})", f"(inReceptacle {MUG} {COUNTER})",
+          f"(objectAtLocation {MUG} {LOCS[COUNTER]})"]
   for r, t in rtypes.items():
     init += [f"(receptacleType {r} {t})", f"(receptacleAtLocation {r} {LOCS[r]})",
-             f"(canContain {t} AppleType)"]
+             f"(canContain {t} AppleType)", f"(canContain {t} MugType)"]
   goal = (f"(:goal (and (exists (?r - receptacle) (exists (?o - object) (and (inReceptacle ?o ?r) "
           f"(objectType ?o AppleType) (receptacleType ?r {recep_type}) {extra})))))")
   return ("(define (problem plan_trial)\n  (:domain alfred)\n  (:objects\n    " + "\n    ".join(objects)
@@ -272,7 +275,8 @@ def test_official_games_play_and_the_planner_expert_solves_them(official):
   assert obs.text == ("You are in the middle of a room. Looking quickly around you, you see a countertop 1, "
                       "a fridge 1, and a sinkbasin 1.\nYour task is to: put a apple in fridge.")
   step = env.step("go to countertop 1")
-  assert step.observation.text == "You arrive at countertop 1. On the countertop 1, you see a apple 1."
+  assert step.observation.text == ("You arrive at countertop 1. On the countertop 1, you see a apple 1, "
+                                   "and a mug 1.")
   assert "take apple 1 from countertop 1" in step.observation.valid_actions
   # Hand-computed shortest plans (the stored walkthrough ["look"] must not be what the expert returns).
   assert env.expert(ids["easy"]) == ["go to countertop 1", "take apple 1 from countertop 1", "go to fridge 1",
@@ -290,6 +294,14 @@ def test_official_games_play_and_the_planner_expert_solves_them(official):
     step = env.step(action)
   assert not step.info["invalid"] and not step.success and not step.done
   env.close()
+
+
+def test_planning_problem_keeps_only_the_goal_objects():
+  problem = _problem("pick_and_place_simple", COUNTER)
+  reduced = gen.planning_problem(problem)
+  assert MUG in problem and MUG not in reduced
+  kept = [line for line in problem.split("\n") if MUG not in line]
+  assert reduced.split("\n") == kept and APPLE in reduced
 
 
 # ---- slow: the full replay ---------------------------------------------------------------------------
