@@ -46,7 +46,7 @@ class Dialect:
 
 
 # Read from WooooDyy/AgentGym's agentenv-* servers and agentenv/envs/*.py clients; other names get the
-# common form (babyai's).
+# plain form (textcraft's).
 DIALECTS = {
     "babyai": Dialect(score_key="score", success="done_positive"),
     "textcraft": Dialect(),
@@ -235,6 +235,8 @@ class AgentGymEnv(TextEnv):
     try:
       response = self._call("POST", "step", {self.dialect.id_key: self._id, "action": action})
     except AgentGymError as e:
+      if e.reachable:
+        self.close()  # the server is up but refused this instance: free it before making a new one
       self._id = None
       return Step(Observation(str(e)), 0.0, True, False, 0.0, {"invalid": False, "env_error": str(e)})
     d = self.dialect
