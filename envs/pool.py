@@ -204,6 +204,7 @@ class EnvPool:
     # Per slot: the env name of its episode, and why its episode was lost (None if not lost).
     self._slot_env: list[str | None] = [None] * size
     self._slot_lost: list[str | None] = [None] * size
+    self._cache: dict[tuple, Any] = {}
     for index in range(min(workers, size)):
       self._workers.append(self._start(index))
     self._finalizer = weakref.finalize(self, _shutdown, self._workers)
@@ -339,13 +340,22 @@ class EnvPool:
 
   def info(self, name: str) -> dict:
     """{"instruction": str, "max_turns": int} of env `name`."""
-    return self._call(name, "info")
+    return dict(self._cached(("info", name), lambda: self._call(name, "info")))
 
   def tasks(self, name: str, split: str = "test", difficulty: str = "all") -> list[str]:
-    return self._call(name, "tasks", split, difficulty)
+    return list(self._cached(("tasks", name, split, difficulty),
+                             lambda: self._call(name, "tasks", split, difficulty)))
 
   def format_action(self, name: str, action: str) -> str:
-    return self._call(name, "format_action", action)
+    return self._cached(("format_action", name, action), lambda: self._call(name, "format_action", action))
+
+  def _cached(self, key: tuple, compute):
+    # Task-independent answers never change; caching them spares a worker round trip per episode/turn.
+    if key not in self._cache:
+      if len(self._cache) > 100_000:
+        self._cache.clear()
+      self._cache[key] = compute()
+    return self._cache[key]
 
   def expert(self, tasks: list[tuple[str, str]]) -> list[list[str]]:
     """Expert action lists for (env_name, task_id) pairs, computed on all workers concurrently."""
