@@ -76,14 +76,14 @@ def _worker_main(conn, targets: dict[str, str], env_kwargs: dict[str, dict], see
 
   while True:
     try:
-      cmd, payload = conn.recv()
+      seq, cmd, payload = conn.recv()
     except (EOFError, OSError):
-      cmd, payload = "close", None
+      seq, cmd, payload = None, "close", None
     if cmd == "close":
       for key in list(instances):
         drop(key)
       try:
-        conn.send(("ok", None))
+        conn.send((seq, ("ok", None)))
       except (OSError, ValueError):
         pass
       break
@@ -96,9 +96,9 @@ def _worker_main(conn, targets: dict[str, str], env_kwargs: dict[str, dict], see
         reply = guarded(("util", payload[0]), call, *payload)
       else:
         reply = ("error", f"unknown command {cmd!r}")
-      conn.send(reply)
+      conn.send((seq, reply))
     except Exception:  # noqa: BLE001 - e.g. an unpicklable result; tell the parent, keep serving.
-      conn.send(("error", traceback.format_exc().splitlines()[-1][:300]))
+      conn.send((seq, ("error", traceback.format_exc().splitlines()[-1][:300])))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -151,7 +151,7 @@ def _shutdown(workers: list) -> None:
     if worker is None:
       continue
     try:
-      worker["conn"].send(("close", None))
+      worker["conn"].send((None, "close", None))
     except (OSError, ValueError):
       pass
   deadline = time.monotonic() + 10.0
@@ -205,6 +205,7 @@ class EnvPool:
     self._slot_env: list[str | None] = [None] * size
     self._slot_lost: list[str | None] = [None] * size
     self._cache: dict[tuple, Any] = {}
+    self._seq = 0
     for index in range(min(workers, size)):
       self._workers.append(self._start(index))
     self._finalizer = weakref.finalize(self, _shutdown, self._workers)
@@ -244,10 +245,13 @@ class EnvPool:
       raise RuntimeError("EnvPool is closed")
     results: dict[int, tuple] = {}
     pending: dict[Any, int] = {}
+    # Replies carry the request's number: a reply left over from an interrupted call (Ctrl-C in a
+    # notebook) is skipped instead of being taken for this call's answer.
+    self._seq += 1
     for index, message in requests.items():
       worker = self._workers[index]
       try:
-        worker["conn"].send(message)
+        worker["conn"].send((self._seq,) + message)
         pending[worker["conn"]] = index
       except (OSError, ValueError) as e:
         results[index] = ("failed", f"worker {index} is gone ({type(e).__name__})")
@@ -259,7 +263,11 @@ class EnvPool:
       for conn in wait_ready(list(pending), timeout=remaining):
         index = pending.pop(conn)
         try:
-          results[index] = ("ok", conn.recv())
+          seq, reply = conn.recv()
+          if seq != self._seq:
+            pending[conn] = index
+            continue
+          results[index] = ("ok", reply)
         except (EOFError, OSError):
           proc = self._workers[index]["proc"]
           proc.join(timeout=1)
@@ -282,10 +290,11 @@ class EnvPool:
     """Starts episode (env_name, task_id) in slot i for i, task in enumerate(tasks)."""
     if len(tasks) > self.size:
       raise ValueError(f"{len(tasks)} tasks for a pool of size {self.size}")
-    by_worker: dict[int, list] = {}
-    for slot, (name, task) in enumerate(tasks):
+    for name, _ in tasks:
       if name not in self.names:
         raise ValueError(f"env {name!r} is not served by this pool; valid: {', '.join(self.names)}")
+    by_worker: dict[int, list] = {}
+    for slot, (name, task) in enumerate(tasks):
       by_worker.setdefault(self._worker_of(slot), []).append((slot, name, task))
       self._slot_env[slot] = name
       self._slot_lost[slot] = None

@@ -16,8 +16,8 @@ from envs.base import Observation, Step, TextEnv
 
 
 class FlakyEnv(TextEnv):
-  """A test env: "sleep" hangs, "raise" raises, anything else echoes. Starts a child process (like a
-  JVM) that must not outlive the pool."""
+  """A test env: "sleep" hangs, "nap" takes 1 s, "raise" raises, anything else echoes. Starts a child
+  process (like a JVM) that must not outlive the pool."""
 
   name = "flaky"
 
@@ -38,6 +38,8 @@ class FlakyEnv(TextEnv):
   def _step(self, action):
     if action == "sleep":
       time.sleep(600)
+    if action == "nap":
+      time.sleep(1)
     if action == "raise":
       raise RuntimeError("flaky env broke")
     return Step(Observation(f"echo {action}"), 0.0, action == "stop", False, 0.0, {"invalid": False})
@@ -138,6 +140,27 @@ def test_hung_worker_times_out_and_is_replaced():
     assert _gone(hung_pid) and _gone(hung_child)  # the JVM-like child went with its worker
     assert pool.reset([("flaky", "c")] * 2)[0].text.startswith("task c")
     assert pool.step(["Action: ok", None])[0].observation.text == "echo ok"
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_reply_of_an_interrupted_call_is_not_taken_for_the_next_one():
+  def interrupt(signum, frame):
+    raise _Interrupted()
+
+  previous = signal.signal(signal.SIGALRM, interrupt)
+  try:
+    with envs.EnvPool("flaky", size=1, workers=1) as pool:
+      pool.reset([("flaky", "a")])
+      signal.setitimer(signal.ITIMER_REAL, 0.3)
+      with pytest.raises(_Interrupted):
+        pool.step(["Action: nap"])  # its reply arrives after the caller gave up on it
+      assert pool.step(["Action: next"])[0].observation.text == "echo next"
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 def test_raising_env_reports_env_error_for_its_slot_only():
