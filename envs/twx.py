@@ -9,7 +9,7 @@ import json
 import re
 import weakref
 
-from py4j.protocol import Py4JError
+from py4j.protocol import Py4JError, Py4JJavaError
 from textworld_express.constants import BASEPATH, JAR_PATH
 
 from envs.base import Observation, Step, TextEnv, check_split
@@ -34,7 +34,8 @@ GAME_PARAMS = {
         "cookingworld": ("numLocations=5,numIngredients=3,numDistractorItems=5,includeDoors=1,"
                          "limitInventorySize=0"),
         "coin": "numLocations=6,numDistractorItems=5,includeDoors=1,limitInventorySize=0",
-        "mapreader": ("numLocations=8,maxDistanceApart=4,maxDistractorItemsPerLocation=3,includeDoors=0,"
+        # 15 rooms: with 8, maxDistanceApart=4 fails to generate a few seeds (e.g. 652, 20030).
+        "mapreader": ("numLocations=15,maxDistanceApart=4,maxDistractorItemsPerLocation=3,includeDoors=0,"
                       "limitInventorySize=0"),
         "simonsays": "gameLength=8,numDistractors=4,memorization=1",
         "sorting": "",
@@ -149,6 +150,7 @@ class TextWorldExpressEnv(TextEnv):
 
   def _load_game(self, game: str, params: str) -> None:
     if self._loaded != (game, params):
+      self._loaded = None  # a failed load leaves the simulator with some other game
       error = self._sim().load(game, params)
       if error:
         raise ValueError(f"bad twx game parameters {params!r} for {game!r}: {error.strip()}")
@@ -162,7 +164,11 @@ class TextWorldExpressEnv(TextEnv):
                        f"{self._seeds()['train'][0]}..{self._seeds()['train'][-1]}, "
                        f"{self._seeds()['test'][0]}..{self._seeds()['test'][-1]}")
     self._load_game(game, params)
-    return json.loads(self._server.generateNewGameJSON(seed, folds[0], gold))
+    try:
+      return json.loads(self._server.generateNewGameJSON(seed, folds[0], gold))
+    except Py4JJavaError as e:  # the generator gives up on some parameter/seed combinations
+      first_line = str(e.java_exception).splitlines()[0] if e.java_exception else repr(e)
+      raise ValueError(f"twx cannot generate task {task!r}: {first_line}") from None
 
   def _observation(self, text: str, response: dict) -> Observation:
     actions = sorted(response["validActions"])
