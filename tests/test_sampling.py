@@ -1,6 +1,7 @@
 """Sampler tests: greedy decoding against transformers.generate, sampler log-probs against a full forward,
 multi-turn extend, stops, top-p, padding, seeds, sharding over 8 simulated devices, and recompilation."""
 
+import json
 import os
 import subprocess
 import sys
@@ -292,6 +293,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a fresh process compiling for 8 devices: ~40 s here
 def test_sharded_generation_matches_one_device(tmp_path):
   model = _hf_model("llama", seed=1)
   model.save_pretrained(tmp_path / "m")
@@ -300,6 +302,5 @@ def test_sharded_generation_matches_one_device(tmp_path):
                         capture_output=True, text=True, timeout=300,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  import json
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["one"] == out["eight"]
