@@ -25,6 +25,15 @@ def test_expert_solves_test_tasks(env, difficulty):
   assert rate >= 0.95, f"expert failed on {failed}"
 
 
+def test_expert_actions_are_listed_as_valid(env):
+  # The `choose` action mode can only follow the expert if its actions are among valid_actions.
+  for task in env.tasks("test", "hard")[:5]:
+    obs = env.reset(task)
+    for action in env.expert(task):
+      assert action in obs.valid_actions, (task, action)
+      obs = env.step(action).observation
+
+
 def test_expert_is_shorter_than_the_bot(env):
   # The compression into macros is what makes episodes fit max_turns.
   for task in env.tasks("test", "hard")[:5]:
