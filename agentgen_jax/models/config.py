@@ -28,6 +28,7 @@ class ModelConfig:
   rope_scaling: tuple[tuple[str, Any], ...] | None = None
   rms_norm_eps: float = 1e-5
   qkv_bias: bool = False
+  o_bias: bool = False          # Llama's attention_bias also puts a bias on o_proj (Qwen2's does not)
   tie_embeddings: bool = True
   max_position_embeddings: int = 2048
   bos_token_id: int | None = None
@@ -60,6 +61,8 @@ class ModelConfig:
     attn = d * h * dh + 2 * d * kv * dh + h * dh * d
     if self.qkv_bias:
       attn += h * dh + 2 * kv * dh
+    if self.o_bias:
+      attn += d
     layer = attn + 3 * d * self.intermediate_size + 2 * d
     embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     return embed + self.num_layers * layer + d
@@ -120,13 +123,17 @@ def from_hf_dict(hf: dict, dtype: str | None = None) -> ModelConfig:
   eos = hf.get("eos_token_id")
   eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
   torch_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+  if hf.get("mlp_bias"):
+    raise ValueError("mlp_bias=true in config.json is not supported (Llama / Qwen2 / SmolLM have no "
+                     "MLP biases)")
+  bias = bool(hf.get("attention_bias", False))
   return ModelConfig(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
       num_layers=hf["num_hidden_layers"], num_heads=heads,
       num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim, rope_theta=float(theta),
       rope_scaling=_rope_items(rope), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      qkv_bias=bool(hf.get("attention_bias", arch == "qwen2")),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+      qkv_bias=bias or arch == "qwen2", o_bias=bias and arch == "llama",
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       max_position_embeddings=hf.get("max_position_embeddings", 2048),
       bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos, pad_token_id=hf.get("pad_token_id"),
       architecture=arch, dtype=dtype or "float32",

@@ -34,9 +34,12 @@ def to_hf_weights(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
 
 def save_hf(cfg: ModelConfig, params: dict, folder: str, tokenizer=None) -> str:
   """Writes the folder (float32 weights) and returns its path."""
-  if cfg.architecture == "qwen2" and not cfg.qkv_bias:
-    raise ValueError("qwen2 checkpoints always have q/k/v biases in transformers; this config has "
-                     "qkv_bias=False (export it as architecture='llama')")
+  if cfg.architecture == "qwen2" and (not cfg.qkv_bias or cfg.o_bias):
+    raise ValueError(f"qwen2 in transformers has q/k/v biases and no o_proj bias; this config has "
+                     f"qkv_bias={cfg.qkv_bias}, o_bias={cfg.o_bias}")
+  if cfg.architecture == "llama" and cfg.qkv_bias != cfg.o_bias:
+    raise ValueError(f"llama's attention_bias covers q/k/v and o_proj together; this config has "
+                     f"qkv_bias={cfg.qkv_bias}, o_bias={cfg.o_bias} (use architecture='qwen2')")
   os.makedirs(folder, exist_ok=True)
   hf = config_lib.to_hf_dict(cfg.replace(param_dtype="float32"))
   with open(os.path.join(folder, "config.json"), "w") as f:

@@ -145,7 +145,7 @@ def _to_params(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict:
   layers = {}
   for hf, ours in _LAYER_NAMES.items():
     layers[ours] = {"kernel": stacked(f"layers.{{}}.{hf}.weight", True)}
-    if cfg.qkv_bias and ours in ("q_proj", "k_proj", "v_proj"):
+    if (cfg.qkv_bias and ours in ("q_proj", "k_proj", "v_proj")) or (cfg.o_bias and ours == "o_proj"):
       layers[ours]["bias"] = stacked(f"layers.{{}}.{hf}.bias", False)
   for hf, ours in _LAYER_NORMS.items():
     layers[ours] = {"scale": stacked(f"layers.{{}}.{hf}.weight", False)}
@@ -207,7 +207,8 @@ def _read_gguf(path: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
       head_dim=int(field(f"{arch}.attention.key_length", hidden // heads)),
       rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)),
       rms_norm_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-      qkv_bias="layers.0.self_attn.q_proj.bias" in weights, tie_embeddings="lm_head.weight" not in weights,
+      qkv_bias="layers.0.self_attn.q_proj.bias" in weights,
+      o_bias="layers.0.self_attn.o_proj.bias" in weights, tie_embeddings="lm_head.weight" not in weights,
       max_position_embeddings=int(field(f"{arch}.context_length", 2048)),
       bos_token_id=field("tokenizer.ggml.bos_token_id"), eos_token_ids=() if eos is None else (int(eos),),
       pad_token_id=field("tokenizer.ggml.padding_token_id"), architecture=arch)

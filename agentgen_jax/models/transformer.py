@@ -3,6 +3,7 @@ plain param dict, with a KV cache whose slots may hold holes; pure functions ini
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax
@@ -118,7 +119,7 @@ class Block(nn.Module):
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(cfg.dtype)).reshape(b, t, h * dh)
-    x = x + _dense(cfg, cfg.hidden_size, "o_proj")(out)
+    x = x + _dense(cfg, cfg.hidden_size, "o_proj", cfg.o_bias)(out)
     y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="post_attention_norm")(x)
     gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(y)
     up = _dense(cfg, cfg.intermediate_size, "up_proj")(y)
@@ -160,11 +161,14 @@ def init_params(cfg: ModelConfig, rng) -> dict:
   """
   if isinstance(rng, int):
     rng = jax.random.PRNGKey(rng)
+  return flax.core.unfreeze(_init(cfg, rng))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(cfg: ModelConfig, rng):
   tokens = jnp.zeros((1, 1), jnp.int32)
-  rope = _rope_tables(cfg, tokens)
   mask = jnp.ones((1, 1, 1), bool)
-  init = jax.jit(lambda r: Decoder(cfg).init(r, tokens, rope, mask, None, jnp.int32(0))["params"])
-  return flax.core.unfreeze(init(rng))
+  return Decoder(cfg).init(rng, tokens, _rope_tables(cfg, tokens), mask, None, jnp.int32(0))["params"]
 
 
 def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
