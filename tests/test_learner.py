@@ -219,9 +219,10 @@ def test_microbatched_update_equals_full_batch_update(tiny):
   cfg, params = tiny
   # eps = 1 makes the first AdamW step linear in the gradient (-lr * g / (|g| + 1)), so comparing the
   # parameter deltas compares the gradients (with eps = 1e-8 it is sign(g), blind to gradient errors);
-  # lr = 1 keeps the deltas far above the float32 rounding of the parameters.
-  base = dict(lr=1.0, eps=1.0, critic="shared", kl_coef=0.1, kl_mode="loss", entropy_coef=0.01,
-              mini_batch_size=8)
+  # lr = 1 keeps the deltas far above the float32 rounding of the parameters; no clipping, so a scaled
+  # gradient would show.
+  base = dict(lr=1.0, eps=1.0, max_grad_norm=1e6, critic="shared", kl_coef=0.1, kl_mode="loss",
+              entropy_coef=0.01, mini_batch_size=8)
   micro = learner.LearnerConfig(micro_batch_size=2, **base)
   full = learner.LearnerConfig(micro_batch_size=8, **base)
   batch = _rl_fields(cfg, params, micro, token_batch(2))
@@ -259,28 +260,37 @@ def test_ppo_epochs_raise_logprobs_of_positive_advantage_tokens(tiny):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 8 simulated devices: the sharded update equals the 1-device update.
+# 8 simulated devices: the sharded update, evaluation and SFT step equal their 1-device versions.
 
 _SHARDED_SCRIPT = textwrap.dedent("""
   import json, sys
   import jax, jax.numpy as jnp, numpy as np
   sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
   from agentgen_jax import models, parallel
-  from agentgen_jax.rl import learner
+  from agentgen_jax.rl import learner, sft
   import test_learner as tl
   assert jax.device_count() == 8, jax.devices()
   cfg = models.preset("tiny"); params = models.init_params(cfg, jax.random.PRNGKey(0))
-  lcfg = learner.LearnerConfig(lr=1.0, eps=1.0, critic="shared", kl_coef=0.1, entropy_coef=0.01,
-                               micro_batch_size=8, mini_batch_size=16)
+  lcfg = learner.LearnerConfig(lr=1.0, eps=1.0, max_grad_norm=1e6, critic="shared", kl_coef=0.1,
+                               entropy_coef=0.01, micro_batch_size=8, mini_batch_size=16)
   batch = tl._rl_fields(cfg, params, lcfg, tl.token_batch(4, b=16))
   mesh = parallel.make_mesh(axes=("data",))
   s1, m1 = learner.make_update(cfg, lcfg, "token")(tl._fresh(cfg, params, lcfg), batch)
   s8 = jax.device_put(tl._fresh(cfg, params, lcfg), parallel.replicated(mesh))
   s8, m8 = learner.make_update(cfg, lcfg, "token", mesh=mesh)(s8, batch)
   m1, m8 = jax.device_get((m1, m8))
+  fresh = tl._fresh(cfg, params, lcfg)
+  e1 = learner.evaluate_batch(cfg, fresh, batch, "token", micro_batch_size=8)
+  e8 = learner.evaluate_batch(cfg, fresh, batch, "token", micro_batch_size=8, mesh=mesh)
+  t1, tm1 = sft.make_sft_step(cfg, lcfg)(tl._fresh(cfg, params, lcfg), batch)
+  t8 = jax.device_put(tl._fresh(cfg, params, lcfg), parallel.replicated(mesh))
+  t8, tm8 = sft.make_sft_step(cfg, lcfg, mesh=mesh)(t8, batch)
   out = dict(params=tl.tree_rel_err(tl.param_delta(s8, params), tl.param_delta(s1, params)),
              critic=tl.tree_rel_err(s8.critic_params, s1.critic_params),
              metrics={{k: abs(float(m8[k]) - float(m1[k])) / (abs(float(m1[k])) + 0.1) for k in m1}},
+             evaluate={{k: tl.rel_err(e8[k], e1[k]) for k in ("logprobs", "old_values", "ref_logprobs")}},
+             sft=tl.tree_rel_err(tl.param_delta(t8, params), tl.param_delta(t1, params)),
+             sft_loss=tl.rel_err(tm8["loss"], tm1["loss"]),
              sharded=str(s8.params["embed"]["embedding"].sharding))
   print("RESULT" + json.dumps(out))
 """)
@@ -296,6 +306,8 @@ def test_update_on_8_simulated_devices_equals_1_device():
   out = json.loads(proc.stdout.split("RESULT", 1)[1])
   assert out["params"] < 1e-5 and out["critic"] < 1e-5, out
   assert all(err < 1e-5 for err in out["metrics"].values()), out
+  assert all(err < 1e-5 for err in out["evaluate"].values()), out
+  assert out["sft"] < 1e-5 and out["sft_loss"] < 1e-5, out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from agentgen_jax import models
+from agentgen_jax.rl import advantages as adv_lib
 from agentgen_jax.rl import losses, policy
 
 KL_MODES = ("loss", "reward", "none")
@@ -188,7 +189,11 @@ def accumulate(loss_and_sums, trainable, micro, n_units):
 
   loss_and_sums(trainable, mb) -> (loss sum, {name: sum}). Returns (grads, {name: sum}).
   """
-  grad_fn = jax.grad(lambda t, mb: (lambda l, s: (l / n_units, s))(*loss_and_sums(t, mb)), has_aux=True)
+  def scaled(trainable, mb):
+    loss, sums = loss_and_sums(trainable, mb)
+    return loss / n_units, sums
+
+  grad_fn = jax.grad(scaled, has_aux=True)
   first = jax.tree.map(lambda x: x[0], micro)
   sums_shape = jax.eval_shape(lambda t, mb: loss_and_sums(t, mb)[1], trainable, first)
   zeros = (jax.tree.map(jnp.zeros_like, trainable),
@@ -304,21 +309,27 @@ def _evaluate(model_cfg, mode, critic, params, critic_params, ref_params, batch)
 _EVALUATORS: dict = {}
 
 
-def _jitted_evaluate(model_cfg, mode, critic):
+def _jitted_evaluate(model_cfg, mode, critic, mesh):
   # Keyed by the config's repr: a model config need not be hashable.
-  key = (repr(model_cfg), mode, critic)
+  key = (repr(model_cfg), mode, critic, mesh)
   if key not in _EVALUATORS:
-    _EVALUATORS[key] = jax.jit(functools.partial(_evaluate, model_cfg, mode, critic))
+    fn = functools.partial(_evaluate, model_cfg, mode, critic)
+    if mesh is None:
+      _EVALUATORS[key] = jax.jit(fn)
+    else:
+      rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+      _EVALUATORS[key] = jax.jit(fn, in_shardings=(rep, rep, rep, data), out_shardings=data)
   return _EVALUATORS[key]
 
 
 def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "token", micro_batch_size: int = 8,
-                   lcfg: LearnerConfig | None = None):
+                   lcfg: LearnerConfig | None = None, mesh=None):
   """Forward passes before an update: current logprobs, critic values and reference logprobs.
 
-  batch: numpy rows. Returns numpy {"logprobs", "entropy", "old_values" (with a critic), "ref_logprobs"
-  (with a reference)} [B, U], plus scalars "logprob_mismatch" (mean |sampler - learner| logprob) and
-  "mismatch_kl" (k3) over the loss units when the batch has "old_logprobs".
+  batch: numpy rows, run micro_batch_size rows at a time (a multiple of the mesh's `data` size; rows
+  sharded over `data` with a mesh). Returns numpy {"logprobs", "entropy", "old_values" (with a critic),
+  "ref_logprobs" (with a reference)} [B, U], plus scalars "logprob_mismatch" (mean |sampler - learner|
+  logprob) and "mismatch_kl" (k3) over the loss units when the batch has "old_logprobs".
   """
   if lcfg is not None:
     critic = lcfg.critic
@@ -328,7 +339,7 @@ def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "token", mic
     separate = isinstance(state.critic_params, dict) and "trunk" in state.critic_params
     critic = "separate" if separate else "shared"
   keys = batch_keys(mode, LearnerConfig(), for_update=False)
-  fn = _jitted_evaluate(model_cfg, mode, critic)
+  fn = _jitted_evaluate(model_cfg, mode, critic, mesh)
   b = len(batch["tokens"])
   chunks = []
   for start in range(0, b, micro_batch_size):
@@ -352,7 +363,7 @@ ESTIMATORS = ("gae", "turn_gae", "grpo", "reinforce")
 
 def prepare_batch(model_cfg, state: TrainState, batch, lcfg: LearnerConfig, mode: str = "token",
                   estimator: str = "gae", gamma: float = 1.0, lam: float = 1.0,
-                  recompute_old_logprobs: bool = False, micro_batch_size: int = 8):
+                  recompute_old_logprobs: bool = False, micro_batch_size: int = 8, mesh=None):
   """A rollout batch made ready for `train_epochs`: evaluate_batch, KL reward penalty, advantages.
 
   Adds "old_values" / "ref_logprobs" (when used), "advantages" and "returns" ([B, U]); with
@@ -361,12 +372,11 @@ def prepare_batch(model_cfg, state: TrainState, batch, lcfg: LearnerConfig, mode
   "reinforce" use episode_return and group_ids ([B]), adjusted by the KL penalty when kl_mode="reward".
   Returns (batch, metrics of the evaluation).
   """
-  from agentgen_jax.rl import advantages as adv_lib
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator {estimator!r} is not one of {ESTIMATORS}")
   if estimator == "turn_gae" and mode != "token":
     raise ValueError(f"estimator 'turn_gae' needs mode 'token' (choice-mode units are turns), got {mode!r}")
-  ev = evaluate_batch(model_cfg, state, batch, mode, micro_batch_size, lcfg)
+  ev = evaluate_batch(model_cfg, state, batch, mode, micro_batch_size, lcfg, mesh)
   out = dict(batch)
   mask = np.asarray(batch[policy.unit_mask_key(mode)])
   if recompute_old_logprobs or "old_logprobs" not in out:
