@@ -124,7 +124,16 @@ def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
   if padded > length:
     tokens = np.pad(tokens, ((0, 0), (0, padded - length)))
     valid = np.pad(valid, ((0, 0), (0, padded - length)))
+  tokens, valid = _like_rows(ctx, tokens), _like_rows(ctx, valid)
   return _extend_jit(cfg, params, ctx, tokens, valid)
+
+
+def _like_rows(ctx: Context, x: np.ndarray):
+  """Places a host array [B, ...] with the context's batch sharding (no-op without a mesh)."""
+  sharding = ctx.cache.valid.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.device_put(x, sharding)
+  return x
 
 
 def _top_p_logits(logits: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -217,7 +226,7 @@ def decode(cfg, params, ctx: Context, rng, active, *, max_new_tokens: int, tempe
     rng = jax.random.key(rng)
   # temperature and top_p enter as traced arrays, not Python floats: a float would be baked into the
   # compiled program as a constant, and every new value (a schedule, eval vs train) would recompile.
-  return _decode_jit(cfg, params, ctx, rng, jnp.asarray(active, bool),
+  return _decode_jit(cfg, params, ctx, rng, _like_rows(ctx, np.asarray(active, bool)),
                      jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
                      max_new_tokens=int(max_new_tokens), eos_ids=tuple(int(i) for i in eos_ids),
                      stop_seqs=tuple(tuple(int(t) for t in s) for s in stop_seqs if len(s)))
@@ -278,8 +287,6 @@ class Sampler:
     for row, x in enumerate(ids):
       tokens[row, :len(x)], valid[row, :len(x)] = x, True
     ctx = new_context(self.cfg, batch, slots, mesh=self.mesh)
-    if self.mesh is not None:
-      tokens, valid = parallel.shard_batch((tokens, valid), self.mesh)
     ctx = extend(self.cfg, self.params, ctx, tokens, valid)
     stop_seqs = [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in stop]
     active = np.arange(batch) < len(ids)

@@ -271,6 +271,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
   import json, sys
   import jax, numpy as np
   from agentgen_jax import models, parallel, sampling
+  import test_sampling
   cfg, params = models.load(sys.argv[1])
   assert len(jax.devices()) == 8
   rng = np.random.default_rng(0)
@@ -281,14 +282,18 @@ SHARDED_SCRIPT = textwrap.dedent("""
   for name, mesh in (("one", None), ("eight", parallel.make_mesh())):
     p = params if mesh is None else jax.device_put(params, parallel.replicated(mesh))
     ctx = sampling.new_context(cfg, 8, 48, mesh=mesh)
-    t, v = (tokens, valid) if mesh is None else parallel.shard_batch((tokens, valid), mesh)
-    ctx = sampling.extend(cfg, p, ctx, t, v)
+    ctx = sampling.extend(cfg, p, ctx, tokens, valid)
     ctx, gen = sampling.decode(cfg, p, ctx, jax.random.key(0), np.ones(8, bool), max_new_tokens=8,
                                temperature=1.0, top_p=0.95, eos_ids=())
     if mesh is not None:
       assert len(ctx.cache.k.sharding.device_set) == 8, ctx.cache.k.sharding
       assert ctx.cache.k.addressable_shards[0].data.shape[1] == 1
     out[name] = np.asarray(gen.tokens).tolist()
+    # The text API: 3 prompts padded to a batch of 8 (a multiple of the data axis).
+    sampler = sampling.Sampler(cfg, params, test_sampling._word_tokenizer(), max_len=64, mesh=mesh)
+    texts = sampler.generate(["w5 w17 w33", "w60 w3", "w8 w80 w44 w23"], max_new_tokens=8,
+                             temperature=0.8, seed=3)
+    out[name + "_text"] = [r.tokens for r in texts]
   print(json.dumps(out))
 """)
 
@@ -297,10 +302,13 @@ SHARDED_SCRIPT = textwrap.dedent("""
 def test_sharded_generation_matches_one_device(tmp_path):
   model = _hf_model("llama", seed=1)
   model.save_pretrained(tmp_path / "m")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  here = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(tmp_path / "m")], env=env,
                         capture_output=True, text=True, timeout=300,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                        cwd=os.path.dirname(here))
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["one"] == out["eight"]
+  assert out["one_text"] == out["eight_text"]
