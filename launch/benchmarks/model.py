@@ -1,0 +1,258 @@
+"""Model benchmarks: the jitted KV-cache sampler against transformers.generate on SmolLM2-135M, and a jitted
+AdamW train step (MFU over a float32 matmul peak measured in the same run) against the same step in torch."""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from agentgen_jax import models, sampling
+
+SAMPLER_MODEL = "smollm2-135m-instruct"
+
+
+def _row(group, metric, ours, reference=None, reference_name="", unit="", target="", met=None, notes=""):
+  return {"group": group, "metric": metric, "ours": ours, "reference": reference,
+          "reference_name": reference_name, "unit": unit, "target": target, "met": met, "notes": notes}
+
+
+def _best_time(fn, repeats: int) -> float:
+  """The fastest of `repeats` calls (seconds): the machine is shared, so the minimum is the least noisy."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _timed_matmul(m: int, k: int, n: int):
+  """(runner -> (None, seconds of one jitted [m, k] x [k, n] float32 matmul, best of 3), its FLOPs)."""
+  a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
+  mm = jax.jit(jnp.matmul)
+  mm(a, b).block_until_ready()
+  return (lambda: (None, _best_time(lambda: mm(a, b).block_until_ready(), 3))), 2 * m * k * n
+
+
+# --------------------------------------------------------------------------------------------- sampler
+
+def _sampler_ours(cfg, params, prompts: np.ndarray, new_tokens: int):
+  """A callable running prefill + greedy decode once: -> (tokens [B, N], prefill s, decode s)."""
+  batch, length = prompts.shape
+  valid = np.ones_like(prompts, bool)
+  slots = sampling.bucket(length + new_tokens)
+
+  def generate():
+    ctx = sampling.new_context(cfg, batch, slots)
+    ctx.last_logits.block_until_ready()
+    start = time.perf_counter()
+    ctx = sampling.extend(cfg, params, ctx, prompts, valid)
+    ctx.last_logits.block_until_ready()
+    prefill_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _, out = sampling.decode(cfg, params, ctx, jax.random.key(0), np.ones(batch, bool),
+                             max_new_tokens=new_tokens, temperature=0.0, top_p=1.0, eos_ids=())
+    out.tokens.block_until_ready()
+    return np.asarray(out.tokens), prefill_s, time.perf_counter() - start
+
+  return generate
+
+
+def _sampler_torch(folder: str, prompts: np.ndarray, new_tokens: int):
+  """The same for transformers: decode s = generate s - prefill s (generate = prefill + N - 1 steps)."""
+  import torch
+  import transformers
+  model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+  ids = torch.tensor(prompts, dtype=torch.long)
+  mask = torch.ones_like(ids)
+
+  @torch.inference_mode()
+  def generate():
+    start = time.perf_counter()
+    model(input_ids=ids, attention_mask=mask, use_cache=True)
+    prefill_s = time.perf_counter() - start
+    start = time.perf_counter()
+    tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+    return tokens[:, prompts.shape[1]:].numpy(), prefill_s, time.perf_counter() - start - prefill_s
+
+  return generate
+
+
+def _interleaved(runs: dict, repeats: int) -> dict:
+  """Calls each runner once to warm up (compiles), then `repeats` times in turn, so that all see the
+  same load on a shared machine; keeps the first outputs and the fastest time of each phase."""
+  results = {name: fn() for name, fn in runs.items()}
+  results = {name: [r[0], *r[1:]] for name, r in results.items()}
+  for _ in range(repeats):
+    for name, fn in runs.items():
+      out = fn()
+      results[name][1:] = [min(a, b) for a, b in zip(results[name][1:], out[1:])]
+  return results
+
+
+def _load_note() -> str:
+  return f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared)"
+
+
+def sampler_rows(quick: bool) -> list[dict]:
+  cfg, params = models.load(SAMPLER_MODEL)
+  batch, length, new_tokens = 16, (32 if quick else 128), (16 if quick else 64)
+  prompts = np.random.default_rng(0).integers(100, cfg.vocab_size, (batch, length)).astype(np.int32)
+  with tempfile.TemporaryDirectory() as folder:
+    models.save_hf(cfg, params, folder)
+    torch_run = _sampler_torch(folder, prompts, new_tokens)
+  res = _interleaved({"ours": _sampler_ours(cfg, params, prompts, new_tokens), "torch": torch_run},
+                     repeats=1 if quick else 2)
+  (ours_tokens, ours_prefill, ours_decode), (ref_tokens, ref_prefill, ref_decode) = res["ours"], res["torch"]
+  # Greedy paths agree until a near-tie in float32 flips one argmax; count the agreeing prefix per row.
+  same = [int(np.argmax(np.append(a != b, True))) for a, b in zip(ours_tokens, ref_tokens)]
+  setup = (f"{SAMPLER_MODEL} float32, batch {batch}, prompt {length}, {new_tokens} new tokens, greedy, "
+           f"best of interleaved runs; tokens identical to transformers for the first "
+           f"{int(np.median(same))} (median row) of {new_tokens}; {_load_note()}")
+  ref_name = "transformers.generate (torch, CPU)"
+  prefill_tps, ref_prefill_tps = batch * length / ours_prefill, batch * length / ref_prefill
+  decode_tps, ref_decode_tps = batch * new_tokens / ours_decode, batch * new_tokens / ref_decode
+  met = decode_tps >= 5 * ref_decode_tps
+  why = "" if met else (f"; target missed: {decode_tps:.0f} vs {ref_decode_tps:.0f} tok/s = "
+                        f"{decode_tps / ref_decode_tps:.2f}x. "
+                        + _decode_notes(cfg, batch, ours_decode, new_tokens))
+  return [
+      _row("sampler", "prefill", prefill_tps, ref_prefill_tps, ref_name, "tok/s", notes=setup),
+      _row("sampler", "decode", decode_tps, ref_decode_tps, ref_name, "tok/s", ">= 5x reference", met,
+           setup + why),
+  ]
+
+
+def _decode_notes(cfg, batch, seconds, new_tokens) -> str:
+  """Why decode is as fast as it is: each step streams every weight once, the limit on a CPU."""
+  per_step_ms = 1000 * seconds / new_tokens
+  weight_mb = cfg.num_params() * 4 / 2 ** 20
+  return (f"One decode step (batch {batch}) takes {per_step_ms:.1f} ms and reads all {weight_mb:.0f} MB of "
+          f"float32 weights; transformers' Python overhead per step is small next to that at this model size "
+          f"on a CPU, so the 5x (set for accelerators, where framework overhead dominates) is not reachable "
+          f"here.")
+
+
+# ------------------------------------------------------------------------------------------ train step
+
+def _cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean next-token cross-entropy: logits [B, T, V] f32, targets [B, T] int32."""
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.mean(logz - picked)
+
+
+def make_train_step(cfg, optimizer):
+  """A jitted update (params and optimizer state donated): tokens [B, T + 1] -> new state and loss."""
+  def loss_fn(params, tokens):
+    return _cross_entropy(models.logits(cfg, params, tokens[:, :-1]), tokens[:, 1:])
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, tokens):
+    loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
+def _train_ours(cfg, tokens: np.ndarray):
+  """A runner doing one train step: -> (None, seconds); the state carries over between calls."""
+  optimizer = optax.adamw(3e-4, weight_decay=0.01)
+  params = models.init_params(cfg, 0)
+  state = [params, optimizer.init(params)]
+  step = make_train_step(cfg, optimizer)
+  tokens = jnp.asarray(tokens)
+
+  def run():
+    start = time.perf_counter()
+    state[0], state[1], loss = step(state[0], state[1], tokens)
+    loss.block_until_ready()
+    return None, time.perf_counter() - start
+
+  return run
+
+
+def _forward_ours(cfg, tokens: np.ndarray):
+  """A runner timing the loss forward alone (2 * params FLOPs per token), to split the step's time."""
+  params = models.init_params(cfg, 0)
+  loss = jax.jit(lambda p, t: _cross_entropy(models.logits(cfg, p, t[:, :-1]), t[:, 1:]))
+  tokens = jnp.asarray(tokens)
+  loss(params, tokens).block_until_ready()
+  return lambda: (None, _best_time(lambda: loss(params, tokens).block_until_ready(), 1))
+
+
+def _train_torch(cfg, tokens: np.ndarray):
+  import torch
+  import transformers
+  with tempfile.TemporaryDirectory() as folder:
+    models.save_hf(cfg, models.init_params(cfg, 0), folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+  tokens = torch.tensor(tokens, dtype=torch.long)
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+  def run():
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(input_ids=inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    loss.backward()
+    optimizer.step()
+    return None, time.perf_counter() - start
+
+  return run
+
+
+def train_rows(quick: bool) -> list[dict]:
+  cfg = models.preset("small")
+  batch, length = (8, 128) if quick else (16, 256)
+  tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, length + 1)).astype(np.int32)
+  peak_run, peak_flops = _timed_matmul(2048, 2048, 2048)
+  layer_run, layer_flops = _timed_matmul(batch * length, cfg.hidden_size, cfg.intermediate_size)
+  # The peak matmul and the steps are timed in turn, so that they all see the same load.
+  res = _interleaved({"peak": peak_run, "layer": layer_run, "ours": _train_ours(cfg, tokens),
+                      "forward": _forward_ours(cfg, tokens), "torch": _train_torch(cfg, tokens)},
+                     repeats=2 if quick else 4)
+  peak, layer = peak_flops / res["peak"][1], layer_flops / res["layer"][1]
+  forward_mfu = 2 * cfg.num_params() * batch * length / res["forward"][1] / peak
+  ours_s, torch_s = res["ours"][1], res["torch"][1]
+  n = cfg.num_params()
+  tps, ref_tps = batch * length / ours_s, batch * length / torch_s
+  mfu, ref_mfu = 6 * n * tps / peak, 6 * n * ref_tps / peak
+  setup = (f"preset 'small' ({n / 1e6:.1f}M params), batch {batch} x {length} tokens, AdamW, float32, "
+           f"best of interleaved steps; float32 matmul peak (2048^3) {peak / 1e9:.0f} GFLOP/s measured in "
+           f"this run; MFU = 6 * params * tok/s / peak; {_load_note()}")
+  met = mfu >= 0.40
+  why = "" if met else f"; target missed: {_mfu_notes(cfg, batch, length, mfu, layer / peak, forward_mfu)}"
+  ref_name = "same step in torch (transformers Llama, torch.optim.AdamW)"
+  return [
+      _row("train step", "throughput", tps, ref_tps, ref_name, "tok/s", notes=setup),
+      _row("train step", "MFU", mfu, ref_mfu, ref_name, "fraction of peak", ">= 0.40", met, setup + why),
+  ]
+
+
+def _mfu_notes(cfg, batch, length, mfu, layer_fraction, forward_mfu) -> str:
+  """Where the step's time goes, in numbers measured in the same run."""
+  attention = 6 * 2 * cfg.num_layers * length * cfg.num_heads * cfg.head_dim  # per token, fwd + bwd
+  dense = 6 * cfg.num_params()
+  return (f"MFU {mfu:.2f}. The forward alone reaches {forward_mfu:.2f} (2 * params per token), so the "
+          f"backward and the AdamW update run well below the matmul rate; the largest layer matmul, "
+          f"[{batch * length}, {cfg.hidden_size}] x [{cfg.hidden_size}, {cfg.intermediate_size}], alone runs "
+          f"at {layer_fraction:.0%} of the 2048^3 peak. At hidden size {cfg.hidden_size} the matmuls are "
+          f"thin and the rest is memory-bound elementwise work on a 2-core CPU: norms, RoPE, the masked "
+          f"softmax over [B, H, T, T] (attention adds {attention / dense:.0%} FLOPs not in 6 * params), "
+          f"the [B, T, {cfg.vocab_size}] loss and the per-parameter AdamW update.")
+
+
+def run(quick: bool) -> list[dict]:
+  return sampler_rows(quick) + train_rows(quick)
