@@ -202,8 +202,9 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   return logits, hidden, KVCache(k=k, v=v, valid=new_valid, index=index + t)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def logits(cfg: ModelConfig, params: dict, token_ids: jax.Array) -> jax.Array:
-  """The plain forward: token_ids [B, T] at positions 0..T-1 -> logits [B, T, V] float32."""
+  """The plain forward: token_ids [B, T] at positions 0..T-1 -> logits [B, T, V] float32 (jitted)."""
   token_ids = jnp.asarray(token_ids, jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(token_ids.shape[1], dtype=jnp.int32), token_ids.shape)
   return forward(cfg, params, token_ids, positions)[0]
