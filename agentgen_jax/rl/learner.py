@@ -231,6 +231,15 @@ def _update(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, 
   return state, metrics
 
 
+def jit_step(fn, mesh=None):
+  """jit of `fn(state, batch) -> (state, metrics)` with the state donated; with a mesh, the state and
+  metrics replicated and the batch rows sharded over `data`."""
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=0)
+  rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+  return jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
 def make_update(model_cfg, lcfg: LearnerConfig, mode: str = "token", mesh=None):
   """`update(state, minibatch) -> (state, metrics)`: one optimiser step, jitted, the state donated.
 
@@ -240,12 +249,7 @@ def make_update(model_cfg, lcfg: LearnerConfig, mode: str = "token", mesh=None):
   """
   policy.unit_mask_key(mode)  # validates mode
   keys = batch_keys(mode, lcfg)
-  fn = functools.partial(_update, model_cfg, lcfg, mode, mesh)
-  if mesh is None:
-    jitted = jax.jit(fn, donate_argnums=0)
-  else:
-    rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    jitted = jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+  jitted = jit_step(functools.partial(_update, model_cfg, lcfg, mode, mesh), mesh)
 
   def update(state, minibatch):
     missing = [k for k in keys if k not in minibatch]

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from agentgen_jax import models
 from agentgen_jax.rl import learner, losses
@@ -48,12 +46,7 @@ def make_sft_step(model_cfg, lcfg: learner.LearnerConfig, mesh=None):
   batch: tokens, positions [B, T] i32, valid [B, T] bool, loss_mask [B, T] (B a multiple of
   lcfg.micro_batch_size). Metrics: loss (NLL per token), accuracy (greedy next-token), grad_norm, n_tokens.
   """
-  fn = functools.partial(_step, model_cfg, lcfg, mesh)
-  if mesh is None:
-    jitted = jax.jit(fn, donate_argnums=0)
-  else:
-    rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    jitted = jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+  jitted = learner.jit_step(functools.partial(_step, model_cfg, lcfg, mesh), mesh)
 
   def step(state, batch):
     return jitted(state, {k: batch[k] for k in SFT_KEYS})
