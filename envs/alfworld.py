@@ -74,7 +74,7 @@ class _Downward:
       if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _write_bytes(path, zlib.compress(pickle.dumps(result, protocol=5), 1))
-    if len(self._memory) >= 8:
+    if len(self._memory) >= 4:
       self._memory.pop(next(iter(self._memory)))
     self._memory[key] = result
     return result

@@ -16,7 +16,8 @@ from tests import env_checks
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("alfworld_cache"))
+  # $ALFWORLD_GEN_CACHE lets repeated runs reuse generated games (generation is deterministic).
+  return os.environ.get("ALFWORLD_GEN_CACHE") or str(tmp_path_factory.mktemp("alfworld_cache"))
 
 
 # Small rooms keep the fast tests fast (the engine's load time grows with objects x receptacles).
