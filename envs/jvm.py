@@ -5,10 +5,15 @@ The heap is capped, the JVM dies with the Python process (stdin watch), and `clo
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 
 from py4j.java_gateway import GatewayParameters, JavaGateway, launch_gateway
+
+# py4j logs every failed connection with a traceback at ERROR level; the envs turn a dead JVM into an
+# env_error Step (and restart it on the next reset), so those logs would only be noise in rollouts.
+logging.getLogger("py4j").setLevel(logging.CRITICAL)
 
 #: Overrides every env's default JVM heap cap (a -Xmx value such as "512m" or "2g").
 HEAP_ENV_VAR = "AGENTGEN_JAVA_HEAP"
@@ -37,9 +42,13 @@ class JavaServer:
 
   def close(self, timeout: float = 10.0) -> None:
     """Shuts the gateway down and waits for the JVM to exit (killing it if it does not)."""
+    if not self.alive():  # nothing to talk to: just drop our side of the sockets
+      self.gateway.close()
+      self.proc.wait(timeout=timeout)
+      return
     try:
       self.gateway.shutdown()
-    except Exception:  # a JVM that already died cannot be shut down politely
+    except Exception:  # a JVM dying meanwhile cannot be shut down politely
       pass
     if self.alive():
       try:

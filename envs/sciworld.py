@@ -68,6 +68,39 @@ def difficulty_of(task_name: str) -> str:
   return "easy" if task_name in EASY_TASKS else "hard"
 
 
+def canonical_listing(text: str) -> str:
+  """Sorts the simulator's tab-indented object lists (each item with its deeper-indented lines).
+
+  The simulator lists objects of a room in an order that drifts with every task load in the same JVM
+  (e.g. three wood cups of paint), so the same task would show different first observations in
+  different worker processes; sorted, it shows one.
+  """
+  lines = text.split("\n")
+
+  def depth(line: str) -> int:
+    return len(line) - len(line.lstrip("\t"))
+
+  def block(start: int, level: int) -> tuple[list[str], int]:
+    """Lines from `start` while indented >= level, siblings at `level` sorted; returns (lines, end)."""
+    items, i = [], start
+    while i < len(lines) and lines[i].startswith("\t") and depth(lines[i]) >= level:
+      head, i = lines[i], i + 1
+      children, i = block(i, depth(head) + 1)
+      items.append([head] + children)
+    items.sort()
+    return [line for item in items for line in item], i
+
+  out, i = [], 0
+  while i < len(lines):
+    if lines[i].startswith("\t"):
+      sorted_lines, i = block(i, 1)
+      out.extend(sorted_lines)
+    else:
+      out.append(lines[i])
+      i += 1
+  return "\n".join(out)
+
+
 def _interleave(groups: list[list[str]]) -> list[str]:
   """Round-robin over groups, so that any prefix of the list spans every group."""
   out = []
@@ -158,8 +191,8 @@ class ScienceWorldEnv(TextEnv):
     return sim.step("look around")  # what the package's reset() shows; it costs no move
 
   def _observation(self, text: str) -> Observation:
-    actions = list(self._server.getValidActionObjectCombinations()) if self.valid_actions else None
-    return Observation(text, actions)
+    actions = sorted(self._server.getValidActionObjectCombinations()) if self.valid_actions else None
+    return Observation(canonical_listing(text), actions)
 
   def _reset(self, task: str) -> Observation:
     look = self._load(task)
@@ -176,7 +209,8 @@ class ScienceWorldEnv(TextEnv):
       completed = bool(self._server.getCompleted())
       moves = int(self._server.getNumMoves())
       observation = self._observation(text.strip())
-    except Py4JError as e:  # the JVM died or broke: end the episode, report it as the env's failure
+    except Py4JError as e:  # the JVM died or broke: end the episode as the env's failure; the next
+      self.close()           # reset starts a fresh JVM
       return Step(Observation(f"The simulator failed: {type(e).__name__}"), 0.0, True, False, 0.0,
                   {"invalid": False, "env_error": repr(e)[:500]})
     self._history.append(action)

@@ -149,9 +149,10 @@ class TextWorldExpressEnv(TextEnv):
     return _SEEDS
 
   def _load_game(self, game: str, params: str) -> None:
+    sim = self._sim()  # first: a restarted JVM has no game loaded
     if self._loaded != (game, params):
       self._loaded = None  # a failed load leaves the simulator with some other game
-      error = self._sim().load(game, params)
+      error = sim.load(game, params)
       if error:
         raise ValueError(f"bad twx game parameters {params!r} for {game!r}: {error.strip()}")
       self._loaded = (game, params)
@@ -189,7 +190,8 @@ class TextWorldExpressEnv(TextEnv):
     try:
       response = json.loads(self._server.stepJSON(canonical))
       observation = self._observation(response["observation"], response)
-    except Py4JError as e:  # the JVM died or broke: end the episode, report it as the env's failure
+    except Py4JError as e:  # the JVM died or broke: end the episode as the env's failure; the next
+      self.close()           # reset starts a fresh JVM
       return Step(Observation(f"The simulator failed: {type(e).__name__}"), 0.0, True, False, 0.0,
                   {"invalid": False, "env_error": repr(e)[:500]})
     self._history.append(canonical)

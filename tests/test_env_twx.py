@@ -191,3 +191,17 @@ def test_every_preset_generates_every_seed(env):
       for fold, split in (("train", "train"), ("test", "test")):
         for seed in env._seeds()[split]:
           sim.generateNewGameJSON(seed, fold, True)  # raises if the generator gives up
+
+
+def test_a_dead_jvm_ends_the_episode_and_the_next_reset_restarts_it():
+  env = envs.make("twx")
+  task = env.tasks("test")[0]
+  obs = env.reset(task)
+  old = env.java_pid
+  psutil.Process(old).kill()
+  psutil.Process(old).wait(timeout=10)
+  step = env.step(obs.valid_actions[0])
+  env_checks.check_step(step, env.name)
+  assert step.done and not step.success and "env_error" in step.info
+  assert env.reset(task) == obs and env.java_pid != old
+  env.close()
