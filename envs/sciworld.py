@@ -145,6 +145,12 @@ class ScienceWorldEnv(TextEnv):
     """The JVM's process id (None before first use and after close)."""
     return self._java.pid if self._java is not None else None
 
+  def __getstate__(self) -> dict:
+    """A pickled env is the same configuration (and gold-path cache) with no JVM and no episode."""
+    state = dict(self.__dict__, _java=None, _server=None, _last=None, _done=True, _task=None)
+    state.pop("_finalizer", None)
+    return state
+
   def close(self) -> None:
     if self._java is not None:
       self._finalizer.detach()

@@ -1,6 +1,8 @@
 """TextWorld-Express env: seed-fold splits, difficulty presets, expert replay, valid actions, reward =
 score delta, failure, fuzzing, determinism and JVM cleanup, against the package's own games and gold paths."""
 
+import pickle
+
 import psutil
 import pytest
 from textworld_express.constants import GAME_NAMES
@@ -205,3 +207,14 @@ def test_a_dead_jvm_ends_the_episode_and_the_next_reset_restarts_it():
   assert step.done and not step.success and "env_error" in step.info
   assert env.reset(task) == obs and env.java_pid != old
   env.close()
+
+
+def test_pickled_env_is_a_fresh_copy_with_its_own_jvm(env):
+  task = env.tasks("test")[3]
+  obs = env.reset(task)
+  copy = pickle.loads(pickle.dumps(env))
+  try:
+    assert copy.java_pid is None and copy.last_observation is None
+    assert copy.reset(task) == obs and copy.java_pid != env.java_pid
+  finally:
+    copy.close()
