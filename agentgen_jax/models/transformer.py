@@ -94,11 +94,13 @@ def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn
 
 
 class Block(nn.Module):
-  """One decoder layer; called under nn.scan with x as the carry and this layer's cache as xs."""
+  """One decoder layer under nn.scan. The carry holds x and the whole stacked cache, which is updated in
+  place at [layer, :, index:index+T]: scanning the cache as xs -> ys would copy all of it every step."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, rope, mask, index):
+  def __call__(self, carry, layer, rope, mask, index):
+    x, k_cache, v_cache = carry
     cfg = self.cfg
     b, t, _ = x.shape
     h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -107,12 +109,13 @@ class Block(nn.Module):
     k = _dense(cfg, kv * dh, "k_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
     v = _dense(cfg, kv * dh, "v_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
     q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-    if layer_cache is not None:
-      k_all = jax.lax.dynamic_update_slice(layer_cache[0], k.astype(layer_cache[0].dtype), (0, index, 0, 0))
-      v_all = jax.lax.dynamic_update_slice(layer_cache[1], v.astype(layer_cache[1].dtype), (0, index, 0, 0))
-      new_cache = (k_all, v_all)
+    if k_cache is not None:
+      start = (layer, 0, index, 0, 0)
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
+      k_all, v_all = k_cache[layer], v_cache[layer]
     else:
-      k_all, v_all, new_cache = k, v, None
+      k_all, v_all = k, v
     q = q.reshape(b, t, kv, h // kv, dh)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k_all.astype(q.dtype),
                         preferred_element_type=jnp.float32) / math.sqrt(dh)
@@ -124,7 +127,7 @@ class Block(nn.Module):
     gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(y)
     up = _dense(cfg, cfg.intermediate_size, "up_proj")(y)
     x = x + _dense(cfg, cfg.hidden_size, "down_proj")(nn.silu(gate) * up)
-    return x, new_cache
+    return (x, k_cache, v_cache), None
 
 
 class Decoder(nn.Module):
@@ -140,7 +143,9 @@ class Decoder(nn.Module):
     block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
-    x, new_kv = layers(cfg, name="layers")(x, kv, rope, mask, index)
+    k_cache, v_cache = kv if kv is not None else (None, None)
+    (x, k_cache, v_cache), _ = layers(cfg, name="layers")((x, k_cache, v_cache),
+                                                          jnp.arange(cfg.num_layers), rope, mask, index)
     hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
       table = embed.embedding.astype(cfg.dtype)
@@ -150,6 +155,7 @@ class Decoder(nn.Module):
                           cfg.param_dtype)
       logits = jnp.einsum("btd,dv->btv", hidden, kernel.astype(cfg.dtype),
                           preferred_element_type=jnp.float32)
+    new_kv = None if kv is None else (k_cache, v_cache)
     return logits.astype(jnp.float32), hidden.astype(jnp.float32), new_kv
 
 
