@@ -116,6 +116,15 @@ def test_sharded_checkpoint_loads_the_same(tmp_path):
   _assert_close(models.logits(cfg, params, tokens), _hf_logits(model, tokens))
 
 
+def test_bfloat16_checkpoint_loads(tmp_path):
+  model = _hf_model("llama", dict(tie_word_embeddings=True), seed=5).to(torch.bfloat16)
+  model.save_pretrained(tmp_path)
+  cfg, params = models.load(str(tmp_path))
+  want = model.model.embed_tokens.weight.detach().float().numpy()
+  np.testing.assert_array_equal(params["embed"]["embedding"], want)  # bf16 -> f32 is exact
+  assert params["embed"]["embedding"].dtype == jnp.float32 and cfg.tie_embeddings
+
+
 @pytest.mark.parametrize("name", ["tiny", "qwen2_untied"])
 def test_save_hf_loads_in_transformers_with_the_same_logits(name, tmp_path):
   if name == "tiny":
@@ -215,6 +224,13 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
   config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="unsupported architecture 'gpt2'.*LlamaForCausalLM, Qwen2ForCausalLM"):
+    models.load(str(tmp_path))
+
+
+def test_unsupported_rope_scaling_is_named(tmp_path):
+  model = _hf_model("llama", dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}))
+  model.save_pretrained(tmp_path)
+  with pytest.raises(ValueError, match="rope_type='yarn' is not supported; valid: default, linear, llama3"):
     models.load(str(tmp_path))
 
 

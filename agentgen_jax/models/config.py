@@ -9,6 +9,7 @@ from typing import Any
 ARCHITECTURES = ("llama", "qwen2")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 DTYPES = ("float32", "bfloat16")
+ROPE_TYPES = ("default", "linear", "llama3")
 # The vocabulary of the shipped tiny BPE tokenizer (agentgen_jax/assets/tiny_tokenizer); a test pins it.
 TINY_VOCAB_SIZE = 4096
 
@@ -45,6 +46,9 @@ class ModelConfig:
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in DTYPES:
         raise ValueError(f"{field}={getattr(self, field)!r}; valid: {', '.join(DTYPES)}")
+    kind = (self.rope_scaling_dict or {}).get("rope_type", "default")
+    if kind not in ROPE_TYPES:
+      raise ValueError(f"rope_type={kind!r} is not supported; valid: {', '.join(ROPE_TYPES)}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
 

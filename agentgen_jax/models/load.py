@@ -77,6 +77,9 @@ def load(name_or_path: str, dtype: str | None = None) -> tuple[ModelConfig, dict
     raise ValueError(f"model path {path!r} is neither a folder (config.json + *.safetensors) "
                      "nor a .gguf file")
   cfg = cfg.replace(dtype=compute, param_dtype=param_dtype)
+  if not cfg.tie_embeddings and not any(k.endswith("lm_head.weight") for k in weights):
+    # config.json without tie_word_embeddings and a checkpoint without a head: the head is the embedding.
+    cfg = cfg.replace(tie_embeddings=True)
   return cfg, _to_params(cfg, weights)
 
 
@@ -195,17 +198,25 @@ def _read_gguf(path: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
       if arch == "llama" and parts[2] in ("attn_q", "attn_k"):
         w = _unpermute_rotary(w, heads if parts[2] == "attn_q" else kv_heads)
     else:
+      if t.name == "rope_freqs.weight":
+        raise ValueError(f"{path} has per-frequency rope factors (Llama 3.1 rope scaling), which are not "
+                         "read from GGUF; load the HF folder of this model instead")
       name = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
               "output.weight": "lm_head.weight"}.get(t.name)
       if name is None:
-        continue  # e.g. rope_freqs.weight: llama3 scaling is not read from GGUF
+        continue
     weights[name] = w
   eos = field("tokenizer.ggml.eos_token_id")
+  scaling = field(f"{arch}.rope.scaling.type", "none")
+  if scaling not in ("none", "linear"):
+    raise ValueError(f"GGUF rope scaling {scaling!r} in {path} is not supported; valid: none, linear")
+  rope = ((("factor", float(field(f"{arch}.rope.scaling.factor"))), ("rope_type", "linear"))
+          if scaling == "linear" else None)
   cfg = ModelConfig(
       vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(field(f"{arch}.feed_forward_length")),
       num_layers=int(field(f"{arch}.block_count")), num_heads=heads, num_kv_heads=kv_heads,
       head_dim=int(field(f"{arch}.attention.key_length", hidden // heads)),
-      rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)),
+      rope_theta=float(field(f"{arch}.rope.freq_base", 10000.0)), rope_scaling=rope,
       rms_norm_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
       qkv_bias="layers.0.self_attn.q_proj.bias" in weights,
       o_bias="layers.0.self_attn.o_proj.bias" in weights, tie_embeddings="lm_head.weight" not in weights,
