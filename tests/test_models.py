@@ -57,6 +57,11 @@ def test_forward_outputs_float32_and_shapes(params):
   assert hidden.shape == (2, 7, 32) and hidden.dtype == jnp.float32
   assert cache is None
   np.testing.assert_allclose(models.logits(CFG, params, tokens), logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(models.lm_head(CFG, params, hidden), logits, rtol=1e-6, atol=1e-6)
+  tied = CFG.replace(tie_embeddings=True)
+  tied_params = {k: v for k, v in params.items() if k != "lm_head"}
+  logits, hidden, _ = forward(tied, tied_params, tokens, _positions(2, 7))
+  np.testing.assert_allclose(models.lm_head(tied, tied_params, hidden), logits, rtol=1e-6, atol=1e-6)
 
 
 def test_causality_future_tokens_do_not_change_earlier_logits(params):

@@ -5,12 +5,12 @@ from agentgen_jax.models import export as _export
 from agentgen_jax.models import load as _load_module
 from agentgen_jax.models import value
 from agentgen_jax.models.config import ModelConfig, preset
-from agentgen_jax.models.transformer import KVCache, forward, init_cache, init_params, logits
+from agentgen_jax.models.transformer import KVCache, forward, init_cache, init_params, lm_head, logits
 
 # The submodule `load` is shadowed on purpose: `models.load` is the function (the module stays importable
 # as agentgen_jax.models.load through sys.modules).
 load = _load_module.load
 save_hf = _export.save_hf
 
-__all__ = ["KVCache", "ModelConfig", "forward", "init_cache", "init_params", "load", "logits", "preset",
-           "save_hf", "value"]
+__all__ = ["KVCache", "ModelConfig", "forward", "init_cache", "init_params", "lm_head", "load", "logits",
+           "preset", "save_hf", "value"]

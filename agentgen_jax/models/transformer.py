@@ -148,15 +148,23 @@ class Decoder(nn.Module):
                                                           jnp.arange(cfg.num_layers), rope, mask, index)
     hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
-      table = embed.embedding.astype(cfg.dtype)
-      logits = jnp.einsum("btd,vd->btv", hidden, table, preferred_element_type=jnp.float32)
+      head = {"embed": {"embedding": embed.embedding}}
     else:
-      kernel = self.param("lm_head", nn.initializers.normal(_INIT_STD), (cfg.hidden_size, cfg.vocab_size),
-                          cfg.param_dtype)
-      logits = jnp.einsum("btd,dv->btv", hidden, kernel.astype(cfg.dtype),
-                          preferred_element_type=jnp.float32)
+      head = {"lm_head": self.param("lm_head", nn.initializers.normal(_INIT_STD),
+                                    (cfg.hidden_size, cfg.vocab_size), cfg.param_dtype)}
     new_kv = None if kv is None else (k_cache, v_cache)
-    return logits.astype(jnp.float32), hidden.astype(jnp.float32), new_kv
+    return lm_head(cfg, head, hidden), hidden.astype(jnp.float32), new_kv
+
+
+def lm_head(cfg: ModelConfig, params: dict, hidden: jax.Array) -> jax.Array:
+  """hidden [B, T, D] (forward's final-norm output) -> logits [B, T, V] f32, exactly as forward computes
+  them; lets a caller run the head on a few positions only (e.g. each row's last token after a prefill)."""
+  hidden = hidden.astype(cfg.dtype)
+  if cfg.tie_embeddings:
+    return jnp.einsum("btd,vd->btv", hidden, params["embed"]["embedding"].astype(cfg.dtype),
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(cfg.dtype),
+                    preferred_element_type=jnp.float32)
 
 
 def init_params(cfg: ModelConfig, rng) -> dict:
