@@ -168,6 +168,17 @@ def test_fuzz_2000_malformed_outputs_never_raise(env):
   assert invalid >= 1900
 
 
+def test_translation_cache_on_disk_is_reused_and_a_corrupt_entry_is_redone(env, tmp_path):
+  cache = tmp_path / "cache"
+  first = ALFWorldEnv(cache_dir=str(cache)).reset(SMALL)
+  entries = list((cache / f"v{gen.GENERATOR_VERSION}" / "sas").rglob("*.pkl.z"))
+  assert len(entries) == 1
+  entries[0].write_bytes(b"not a pickle")
+  envs.alfworld._DOWNWARD._memory.clear()  # as in a fresh worker process
+  again = ALFWorldEnv(cache_dir=str(cache)).reset(SMALL)
+  assert again == first and entries[0].stat().st_size > 1000
+
+
 def test_first_observation_is_the_same_in_two_fresh_processes(env, tmp_path):
   index = env.tasks("test").index(FAST["hard"][1])
   a = env_checks.first_observation_in_process("alfworld", {"cache_dir": str(tmp_path / "a")}, index=index)
@@ -253,25 +264,25 @@ def official(tmp_path_factory):
   return root, {"easy": easy, "hard": hard, "train": train}
 
 
-def test_official_layout_lists_solvable_games_by_split_and_difficulty(official, monkeypatch):
+def test_official_layout_lists_solvable_games_by_split_and_difficulty(official, cache_dir, monkeypatch):
   root, ids = official
   monkeypatch.setenv("ALFWORLD_DATA", str(root))  # the env var, as the official tools use it
-  env = ALFWorldEnv()
+  env = ALFWorldEnv(cache_dir=cache_dir)
   assert env.source == "official"
   assert env.tasks("test", "easy") == [ids["easy"]] and env.tasks("test", "hard") == [ids["hard"]]
   assert env.tasks("train") == [ids["train"]]
   assert ids["easy"].startswith(os.path.join("json_2.1.1", "valid_unseen"))
   # Pointing at the json_2.1.1 folder itself works too (ids are then relative to it).
-  inner = ALFWorldEnv(data_dir=str(root / "json_2.1.1"))
+  inner = ALFWorldEnv(data_dir=str(root / "json_2.1.1"), cache_dir=cache_dir)
   assert inner.tasks("test", "easy") == [os.path.relpath(ids["easy"], "json_2.1.1")]
   with pytest.raises(ValueError, match="valid"):
     env.reset("json_2.1.1/../../etc/game.tw-pddl")
   env.close()
 
 
-def test_official_games_play_and_the_planner_expert_solves_them(official):
+def test_official_games_play_and_the_planner_expert_solves_them(official, cache_dir):
   root, ids = official
-  env = ALFWorldEnv(data_dir=str(root))
+  env = ALFWorldEnv(data_dir=str(root), cache_dir=cache_dir)
   obs = env.reset(ids["easy"])
   assert obs.text == ("You are in the middle of a room. Looking quickly around you, you see a countertop 1, "
                       "a fridge 1, and a sinkbasin 1.\nYour task is to: put a apple in fridge.")
