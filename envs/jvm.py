@@ -1,15 +1,16 @@
-"""One JVM behind a py4j gateway for the Java environments (ScienceWorld, TextWorld-Express).
-
-The heap is capped, the JVM dies with the Python process (stdin watch), and `close` waits for it to exit.
-"""
+"""The JVM behind each Java environment (ScienceWorld, TextWorld-Express): a py4j gateway with a capped
+heap that dies with the Python process, and the TextEnv base class that starts, restarts and stops it."""
 
 from __future__ import annotations
 
 import logging
 import os
 import subprocess
+import weakref
 
 from py4j.java_gateway import GatewayParameters, JavaGateway, launch_gateway
+
+from envs.base import Observation, Step, TextEnv
 
 # py4j logs every failed connection with a traceback at ERROR level; the envs turn a dead JVM into an
 # env_error Step (and restart it on the next reset), so those logs would only be noise in rollouts.
@@ -62,3 +63,64 @@ class JavaServer:
     except subprocess.TimeoutExpired:
       self.proc.kill()
       self.proc.wait(timeout=timeout)
+
+
+class JavaTextEnv(TextEnv):
+  """A TextEnv whose simulator lives in its own JVM: started on first use, restarted by the next `_sim()`
+  after it died, stopped by `close()`. Pickling gives the same configuration with no JVM and no episode.
+
+  Subclasses set `jar` and `jar_dir`, implement `_new_server(jvm)` (the simulator object) and list in
+  `simulator_state` the attributes that describe what the JVM holds (reset with it).
+  """
+
+  jar: str = ""
+  jar_dir: str = ""
+  simulator_state: tuple[str, ...] = ()
+
+  def __init__(self, java_heap: str):
+    super().__init__()
+    self.java_heap = java_heap
+    self._java: JavaServer | None = None
+    self._server = None
+    self._forget_simulator()
+
+  def _new_server(self, jvm):
+    raise NotImplementedError
+
+  def _forget_simulator(self) -> None:
+    self._java = self._server = None
+    for attribute in self.simulator_state:
+      setattr(self, attribute, None)
+
+  def _sim(self):
+    """The simulator, starting a JVM on first use (and again if the last one died)."""
+    if self._java is None or not self._java.alive():
+      self.close()
+      self._java = JavaServer(self.jar, self.jar_dir, self.java_heap)
+      self._finalizer = weakref.finalize(self, self._java.close)
+      self._server = self._new_server(self._java.jvm)
+    return self._server
+
+  @property
+  def java_pid(self) -> int | None:
+    """The JVM's process id (None before first use and after close)."""
+    return self._java.pid if self._java is not None else None
+
+  def close(self) -> None:
+    if self._java is not None:
+      self._finalizer.detach()
+      self._java.close()
+    self._forget_simulator()
+
+  def __getstate__(self) -> dict:
+    state = dict(self.__dict__, _java=None, _server=None, _last=None, _done=True, _task=None)
+    state.update({attribute: None for attribute in self.simulator_state})
+    state.pop("_finalizer", None)
+    return state
+
+  def simulator_failed(self, error: Exception) -> Step:
+    """The Step for a JVM that died or broke mid-episode: the episode ends as the env's failure, and the
+    JVM is dropped so that the next reset starts a fresh one."""
+    self.close()
+    return Step(Observation(f"The simulator failed: {type(error).__name__}"), 0.0, True, False, 0.0,
+                {"invalid": False, "env_error": repr(error)[:500]})

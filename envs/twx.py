@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import weakref
 
 from py4j.protocol import Py4JError, Py4JJavaError
 from textworld_express.constants import BASEPATH, JAR_PATH
 
-from envs.base import Observation, Step, TextEnv, check_split
-from envs.jvm import JavaServer
+from envs.base import Observation, Step, check_split
+from envs.jvm import JavaTextEnv
 
 #: difficulty -> game -> the package's game-parameter string. Easy: one to three rooms, one item or
 #: ingredient, no doors or distractors; hard: more rooms, items, doors and distractors. Games without
@@ -83,7 +82,7 @@ def _normalise(action: str) -> str:
   return re.sub(r"\s+", " ", action).strip().lower()
 
 
-class TextWorldExpressEnv(TextEnv):
+class TextWorldExpressEnv(JavaTextEnv):
   """TextWorld-Express: score = the package's normalised score, reward = its change, success = the game's
   task-success flag; valid actions are always listed (cheap here).
 
@@ -92,45 +91,18 @@ class TextWorldExpressEnv(TextEnv):
 
   name = "twx"
   max_turns = 50
+  jar, jar_dir = JAR_PATH, BASEPATH
+  simulator_state = ("_loaded",)  # the (game, params) loaded in the JVM
 
   def __init__(self, java_heap: str = "512m"):
-    super().__init__()
-    self.java_heap = java_heap
-    self._java: JavaServer | None = None
-    self._server = None
-    self._loaded: tuple[str, str] | None = None
+    super().__init__(java_heap)
     self._score = 0.0
     self._valid: dict[str, str] = {}
     self._history: list[str] = []
     self._gold: dict[str, list[str]] = {}
 
-  # ---- JVM -------------------------------------------------------------------------------------------
-
-  def _sim(self):
-    """The simulator, starting a JVM on first use (and again if the last one died)."""
-    if self._java is None or not self._java.alive():
-      self.close()
-      self._java = JavaServer(JAR_PATH, BASEPATH, self.java_heap)
-      self._finalizer = weakref.finalize(self, self._java.close)
-      self._server = self._java.jvm.textworldexpress.runtime.PythonInterface()
-    return self._server
-
-  @property
-  def java_pid(self) -> int | None:
-    """The JVM's process id (None before first use and after close)."""
-    return self._java.pid if self._java is not None else None
-
-  def __getstate__(self) -> dict:
-    """A pickled env is the same configuration (and gold-path cache) with no JVM and no episode."""
-    state = dict(self.__dict__, _java=None, _server=None, _loaded=None, _last=None, _done=True, _task=None)
-    state.pop("_finalizer", None)
-    return state
-
-  def close(self) -> None:
-    if self._java is not None:
-      self._finalizer.detach()
-      self._java.close()
-    self._java = self._server = self._loaded = None
+  def _new_server(self, jvm):
+    return jvm.textworldexpress.runtime.PythonInterface()
 
   # ---- TextEnv ---------------------------------------------------------------------------------------
 
@@ -196,10 +168,8 @@ class TextWorldExpressEnv(TextEnv):
     try:
       response = json.loads(self._server.stepJSON(canonical))
       observation = self._observation(response["observation"], response)
-    except Py4JError as e:  # the JVM died or broke: end the episode as the env's failure; the next
-      self.close()           # reset starts a fresh JVM
-      return Step(Observation(f"The simulator failed: {type(e).__name__}"), 0.0, True, False, 0.0,
-                  {"invalid": False, "env_error": repr(e)[:500]})
+    except Py4JError as e:
+      return self.simulator_failed(e)
     self._history.append(canonical)
     score = min(max(float(response["score"]), 0.0), 1.0)
     reward, self._score = score - self._score, score
