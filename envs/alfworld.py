@@ -6,6 +6,7 @@ the same file format from the package's floor plans (envs/alfworld_gen.py) into 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import textworld
 from alfworld.agents.utils.misc import Demangler
 from textworld.envs.pddl import PddlEnv
 from textworld.envs.pddl import logic as pddl_logic
+from textworld.envs.pddl import textgen as pddl_textgen
 
 from envs import alfworld_gen as gen
 from envs.base import Observation, Step, TextEnv, check_split
@@ -82,6 +84,24 @@ class _Downward:
 
 _DOWNWARD = _Downward()
 pddl_logic.fast_downward = _DOWNWARD
+
+_parse_symbols = pddl_textgen._parse_and_convert
+_parsed: dict = {}
+
+
+def _parse_memo(text, **kwargs):
+  """TextWorld's grammar parser, memoised. Every step re-parses the template of each admissible command
+  (about half the step time) from a small fixed set of strings; callers mutate the parsed symbols, so each
+  call gets a deep copy."""
+  key = (text, tuple(sorted(kwargs.items())))
+  if key not in _parsed:
+    if len(_parsed) > 10_000:
+      _parsed.clear()
+    _parsed[key] = _parse_symbols(text, **kwargs)
+  return copy.deepcopy(_parsed[key])
+
+
+pddl_textgen._parse_and_convert = _parse_memo
 
 
 def _load(engine: PddlEnv, game, plan: bool, cache_dir: str | None) -> None:
