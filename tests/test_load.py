@@ -246,6 +246,15 @@ def test_corrupt_safetensors_is_named(tmp_path):
     models.load(str(tmp_path))
 
 
+def test_save_hf_refuses_bias_layouts_transformers_cannot_express(tmp_path):
+  cfg = models.ModelConfig(vocab_size=11, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2,
+                           num_kv_heads=1, head_dim=4, architecture="qwen2", qkv_bias=False)
+  with pytest.raises(ValueError, match="qwen2 in transformers has q/k/v biases.*qkv_bias=False"):
+    models.save_hf(cfg, {}, str(tmp_path))
+  with pytest.raises(ValueError, match="llama's attention_bias covers q/k/v and o_proj together"):
+    models.save_hf(cfg.replace(architecture="llama", qkv_bias=True), {}, str(tmp_path))
+
+
 def test_vocab_mismatch_between_tokenizer_and_model():
   tok = tokenizer.load("tiny")
   tokenizer.check_compatible(tok, models.preset("tiny"))
