@@ -170,6 +170,7 @@ def test_fuzz_2000_malformed_outputs_never_raise(env):
 
 def test_translation_cache_on_disk_is_reused_and_a_corrupt_entry_is_redone(env, tmp_path):
   cache = tmp_path / "cache"
+  envs.alfworld._DOWNWARD._memory.clear()  # earlier tests translated SMALL in this process
   first = ALFWorldEnv(cache_dir=str(cache)).reset(SMALL)
   entries = list((cache / f"v{gen.GENERATOR_VERSION}" / "sas").rglob("*.pkl.z"))
   assert len(entries) == 1
