@@ -148,11 +148,19 @@ def test_save_hf_loads_in_transformers_with_the_same_logits(name, tmp_path):
     assert len(transformers.AutoTokenizer.from_pretrained(str(tmp_path))) == cfg.vocab_size
 
 
-def _write_gguf(path, model):
-  """A float32 GGUF as llama.cpp's converter writes it: its names, and q/k rows permuted for its rotary."""
+def _write_gguf(path, model, arch, quantize):
+  """A GGUF as llama.cpp's converter writes it: its names, Llama's q/k rows permuted for its rotary, and
+  (quantize) matrices in Q8_0. The model's matrices are first rounded to Q8_0 values, so that it stays the
+  exact reference for what the file holds."""
   import gguf
   c = model.config
-  writer = gguf.GGUFWriter(str(path), "llama")
+  q8 = gguf.GGMLQuantizationType.Q8_0
+  if quantize:
+    with torch.no_grad():
+      for p in model.parameters():
+        if p.ndim == 2:
+          p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), q8), q8)))
+  writer = gguf.GGUFWriter(str(path), arch)
   writer.add_block_count(c.num_hidden_layers)
   writer.add_context_length(c.max_position_embeddings)
   writer.add_embedding_length(c.hidden_size)
@@ -173,37 +181,47 @@ def _write_gguf(path, model):
            "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
            "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
            "post_attention_layernorm": "ffn_norm"}
+  def add(name, w):
+    if quantize and w.ndim == 2:
+      writer.add_tensor(name, gguf.quants.quantize(w, q8), raw_dtype=q8)
+    else:
+      writer.add_tensor(name, w)
+
   for name, p in model.state_dict().items():
     w = p.numpy().astype(np.float32)
     if name == "model.embed_tokens.weight":
-      writer.add_tensor("token_embd.weight", w)
+      add("token_embd.weight", w)
     elif name == "model.norm.weight":
-      writer.add_tensor("output_norm.weight", w)
+      add("output_norm.weight", w)
     elif name == "lm_head.weight":
       if not c.tie_word_embeddings:
-        writer.add_tensor("output.weight", w)
+        add("output.weight", w)
     else:
       _, _, i, *rest = name.split(".")
       module, kind = ".".join(rest[:-1]), rest[-1]
-      if module == "self_attn.q_proj":
+      if arch == "llama" and module == "self_attn.q_proj":
         w = permute(w, c.num_attention_heads)
-      elif module == "self_attn.k_proj":
+      elif arch == "llama" and module == "self_attn.k_proj":
         w = permute(w, c.num_key_value_heads)
-      writer.add_tensor(f"blk.{i}.{names[module]}.{kind}", w)
+      add(f"blk.{i}.{names[module]}.{kind}", w)
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
   writer.close()
 
 
-def test_gguf_file_loads_with_the_rotary_permutation_undone(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch,quantize", [("llama", False), ("qwen2", True)])
+def test_gguf_file_loads_to_the_model_it_was_written_from(arch, quantize, tmp_path, monkeypatch):
   monkeypatch.setenv("AGENTGEN_JAX_CACHE", str(tmp_path / "cache"))
-  model = _hf_model("llama", dict(tie_word_embeddings=False), seed=4)
-  _write_gguf(tmp_path / "m.gguf", model)
+  # Q8_0 blocks are 32 wide: every matrix's input width (64, 96) is a multiple of 32.
+  shape = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, head_dim=16)
+  model = _hf_model(arch, dict(tie_word_embeddings=(arch == "qwen2"), **shape), seed=4)
+  _write_gguf(tmp_path / "m.gguf", model, arch, quantize)
   tokens = np.random.default_rng(3).integers(0, 101, (1, 16)).astype(np.int32)
   for _ in range(2):  # the second load reads the converted-weight cache
     cfg, params = models.load(str(tmp_path / "m.gguf"))
-    assert not cfg.tie_embeddings and cfg.num_kv_heads == 2 and cfg.eos_token_ids == (2,)
+    assert cfg.architecture == arch and cfg.qkv_bias == (arch == "qwen2")
+    assert cfg.tie_embeddings == (arch == "qwen2") and cfg.num_kv_heads == 2 and cfg.eos_token_ids == (2,)
     _assert_close(models.logits(cfg, params, tokens), _hf_logits(model, tokens))
   assert len(list((tmp_path / "cache").glob("m.gguf.*.npz"))) == 1
 
