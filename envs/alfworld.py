@@ -6,6 +6,7 @@ the same file format from the package's floor plans (envs/alfworld_gen.py) into 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -104,13 +105,19 @@ def _parse_memo(text, **kwargs):
 pddl_textgen._parse_and_convert = _parse_memo
 
 
-def _load(engine: PddlEnv, game, plan: bool, cache_dir: str | None) -> None:
-  """Loads a game (file or its dict) and names entities as ALFWorld does ("apple 1" for Apple_bar_...)."""
-  _DOWNWARD.plan, _DOWNWARD.folder = plan, cache_dir
+@contextlib.contextmanager
+def _translation(plan: bool, folder: str | None):
+  """Settings of the translation cache for the engine calls inside (load and reset both translate)."""
+  _DOWNWARD.plan, _DOWNWARD.folder = plan, folder
   try:
-    engine.load(game)
+    yield
   finally:
     _DOWNWARD.plan, _DOWNWARD.folder = True, None
+
+
+def _load(engine: PddlEnv, game) -> None:
+  """Loads a game (file or its dict) and names entities as ALFWorld does ("apple 1" for Apple_bar_...)."""
+  engine.load(game)
   names = Demangler(game_infos=engine._entity_infos)
   for info in engine._entity_infos.values():
     info.name = names.demangle_alfred_name(info.id)
@@ -256,8 +263,9 @@ class ALFWorldEnv(TextEnv):
     reduced = dict(data, pddl_problem=gen.planning_problem(data["pddl_problem"]))
     for game in [reduced] + ([data] if reduced["pddl_problem"] != data["pddl_problem"] else []):
       try:
-        _load(self._planner, game, plan=True, cache_dir=None)
-        plan = list(self._planner.reset()["policy_commands"])
+        with _translation(plan=True, folder=None):
+          _load(self._planner, game)
+          plan = list(self._planner.reset()["policy_commands"])
       except Exception:  # e.g. a reduced problem that no longer parses: plan on the whole one
         plan = []
       if plan:
@@ -270,11 +278,12 @@ class ALFWorldEnv(TextEnv):
     path = self.game_file(task)
     if self._engine is None:
       self._engine = PddlEnv(textworld.EnvInfos(admissible_commands=True, won=True))
-    if path != self._loaded:
-      self._loaded = None
-      _load(self._engine, path, plan=False, cache_dir=self.cache_dir)
-      self._loaded = path
-    state = self._engine.reset()
+    with _translation(plan=False, folder=self.cache_dir):
+      if path != self._loaded:
+        self._loaded = None
+        _load(self._engine, path)
+        self._loaded = path
+      state = self._engine.reset()
     self._admissible = list(state["admissible_commands"])
     return Observation(_intro(state.feedback), list(self._admissible))
 
