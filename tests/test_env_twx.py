@@ -1,7 +1,10 @@
 """TextWorld-Express env: seed-fold splits, difficulty presets, expert replay, valid actions, reward =
 score delta, failure, fuzzing, determinism and JVM cleanup, against the package's own games and gold paths."""
 
+import os
 import pickle
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -218,3 +221,17 @@ def test_pickled_env_is_a_fresh_copy_with_its_own_jvm(env):
     assert copy.reset(task) == obs and copy.java_pid != env.java_pid
   finally:
     copy.close()
+
+
+def test_the_jvm_dies_with_its_python_process():
+  # What a crashed or killed EnvPool worker leaves behind: nothing (py4j's die_on_exit watches stdin).
+  code = ("import envs, sys; env = envs.make('twx'); env.reset(env.tasks('test')[0]); "
+          "print(env.java_pid, flush=True); sys.stdin.read()")
+  worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), text=True)
+  java_pid = int(worker.stdout.readline())
+  assert psutil.Process(java_pid).is_running()
+  worker.kill()
+  worker.wait(timeout=10)
+  gone, alive = psutil.wait_procs([psutil.Process(java_pid)], timeout=20)
+  assert not alive
