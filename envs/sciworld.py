@@ -56,7 +56,7 @@ def parse_task(task: str) -> tuple[str, int]:
 
 def variation_splits(count: int) -> tuple[list[int], list[int], list[int]]:
   """(train, dev, test) variations of a task with `count` variations, as the package splits them (its
-  getVariationsTrain/Dev/Test, which need a loaded task, i.e. seconds per task): quarters of
+  getVariationsTrain/Dev/Test, which need a task load each, 10-20 s for all 30): quarters of
   floor(count / 4), train = the first two, dev = the third, test = the fourth plus any remainder."""
   size = count // 4
   groups = [list(range(i, min(i + size, count))) for i in range(0, count, size)]
