@@ -41,15 +41,18 @@ def _sustained_matmul(m: int, k: int, n: int, seconds: float):
   b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
   mm = jax.jit(jnp.matmul)
   mm(a, b).block_until_ready()
+  return _sustained(lambda: mm(a, b).block_until_ready(), seconds), 2 * m * k * n
 
+
+def _sustained(fn, seconds: float):
+  """A runner calling fn back to back for `seconds`: -> (None, mean seconds per call)."""
   def run():
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-      mm(a, b).block_until_ready()
+      fn()
       count += 1
     return None, (time.perf_counter() - start) / count
-
-  return run, 2 * m * k * n
+  return run
 
 
 # --------------------------------------------------------------------------------------------- sampler
@@ -199,15 +202,7 @@ def _forward_ours(cfg, tokens: np.ndarray, seconds: float):
   loss = jax.jit(lambda p, t: _cross_entropy(models.logits(cfg, p, t[:, :-1]), t[:, 1:]))
   tokens = jnp.asarray(tokens)
   loss(params, tokens).block_until_ready()
-
-  def run():
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-      loss(params, tokens).block_until_ready()
-      count += 1
-    return None, (time.perf_counter() - start) / count
-
-  return run
+  return _sustained(lambda: loss(params, tokens).block_until_ready(), seconds)
 
 
 def _train_torch(cfg, tokens: np.ndarray):
