@@ -176,7 +176,7 @@ class ALFWorldEnv(TextEnv):
 
   data_dir: the official data (json_2.1.1 or its parent; default $ALFWORLD_DATA, which the alfworld package
   sets to ~/.cache/alfworld when unset). Without official games there, games are generated into cache_dir
-  (default $ALFWORLD_GEN_CACHE or ~/.cache/agentgen_jax/alfworld).
+  (default $ALFWORLD_GEN_CACHE or ~/.cache/agentgen_jax/alfworld); data_dir="" always generates.
   test_split: the official split used as "test" (valid_unseen or valid_seen).
   per_scene: generated tasks per (task type, floor plan) for (train, test).
   """
@@ -193,7 +193,7 @@ class ALFWorldEnv(TextEnv):
     # unset; a folder without the official games there means: generate.
     self.data_dir = data_dir if data_dir is not None else os.environ.get("ALFWORLD_DATA")
     self.root = official_root(self.data_dir)
-    if data_dir is not None and self.root is None:
+    if data_dir and self.root is None:
       raise ValueError(f"data_dir {data_dir!r} holds no official ALFWorld games; valid: a json_2.1.1 folder "
                        f"(with {', '.join(OFFICIAL_SPLITS)}) or its parent")
     self.source = "official" if self.root else "generated"

@@ -29,7 +29,7 @@ SMALL = FAST["easy"][0]
 
 @pytest.fixture(scope="module")
 def env(cache_dir):
-  env = envs.make("alfworld", data_dir=None, cache_dir=cache_dir)
+  env = envs.make("alfworld", data_dir="", cache_dir=cache_dir)  # "": generated even if ALFWORLD_DATA is set
   yield env
   env.close()
 
@@ -171,19 +171,20 @@ def test_fuzz_2000_malformed_outputs_never_raise(env):
 def test_translation_cache_on_disk_is_reused_and_a_corrupt_entry_is_redone(env, tmp_path):
   cache = tmp_path / "cache"
   envs.alfworld._DOWNWARD._memory.clear()  # earlier tests translated SMALL in this process
-  first = ALFWorldEnv(cache_dir=str(cache)).reset(SMALL)
+  first = ALFWorldEnv(data_dir="", cache_dir=str(cache)).reset(SMALL)
   entries = list((cache / f"v{gen.GENERATOR_VERSION}" / "sas").rglob("*.pkl.z"))
   assert len(entries) == 1
   entries[0].write_bytes(b"not a pickle")
   envs.alfworld._DOWNWARD._memory.clear()  # as in a fresh worker process
-  again = ALFWorldEnv(cache_dir=str(cache)).reset(SMALL)
+  again = ALFWorldEnv(data_dir="", cache_dir=str(cache)).reset(SMALL)
   assert again == first and entries[0].stat().st_size > 1000
 
 
 def test_first_observation_is_the_same_in_two_fresh_processes(env, tmp_path):
   index = env.tasks("test").index(FAST["hard"][1])
-  a = env_checks.first_observation_in_process("alfworld", {"cache_dir": str(tmp_path / "a")}, index=index)
-  b = env_checks.first_observation_in_process("alfworld", {"cache_dir": str(tmp_path / "b")}, index=index)
+  kwargs = [{"data_dir": "", "cache_dir": str(tmp_path / d)} for d in "ab"]
+  a = env_checks.first_observation_in_process("alfworld", kwargs[0], index=index)
+  b = env_checks.first_observation_in_process("alfworld", kwargs[1], index=index)
   assert a == b and a[1].startswith("You are in the middle of a room.")
   files = [tmp_path / d / f"v{gen.GENERATOR_VERSION}" / a[0] / "game.tw-pddl" for d in "ab"]
   assert files[0].read_bytes() == files[1].read_bytes()
@@ -270,6 +271,7 @@ def test_official_layout_lists_solvable_games_by_split_and_difficulty(official, 
   monkeypatch.setenv("ALFWORLD_DATA", str(root))  # the env var, as the official tools use it
   env = ALFWorldEnv(cache_dir=cache_dir)
   assert env.source == "official"
+  assert ALFWorldEnv(data_dir="", cache_dir=cache_dir).source == "generated"
   assert env.tasks("test", "easy") == [ids["easy"]] and env.tasks("test", "hard") == [ids["hard"]]
   assert env.tasks("train") == [ids["train"]]
   assert ids["easy"].startswith(os.path.join("json_2.1.1", "valid_unseen"))
