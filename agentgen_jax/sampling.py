@@ -4,6 +4,7 @@ lax.while_loop decoder with temperature / top-p / EOS / stop sequences and sampl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -57,34 +58,24 @@ def _context_shardings(ctx: Context, mesh) -> Context:
   return jax.tree_util.tree_map_with_path(spec, ctx)
 
 
-def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
-  """An empty context for `batch` rows and `max_len` cache slots (sharded over `mesh` if given)."""
+@functools.lru_cache(maxsize=64)
+def _context_maker(cfg, batch: int, max_len: int, mesh):
+  """A compiled zero-filled Context builder, cached so that each new batch does not re-jit."""
   def make():
     return Context(cache=models.init_cache(cfg, batch, max_len),
                    next_pos=jnp.zeros((batch,), jnp.int32),
                    last_logits=jnp.zeros((batch, cfg.vocab_size), jnp.float32))
   if mesh is None:
-    return jax.jit(make)()
+    return jax.jit(make)
+  return jax.jit(make, out_shardings=_context_shardings(jax.eval_shape(make), mesh))
+
+
+def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
+  """An empty context for `batch` rows and `max_len` cache slots (sharded over `mesh` if given)."""
   if batch % parallel.data_size(mesh):
     raise ValueError(f"batch {batch} is not a multiple of the mesh's data axis "
                      f"({parallel.data_size(mesh)})")
-  shardings = _context_shardings(jax.eval_shape(make), mesh)
-  return jax.jit(make, out_shardings=shardings)()
-
-
-def _lm_head(cfg, params, hidden: jax.Array) -> jax.Array:
-  """hidden [B, T, D] (final-norm output) -> logits [B, T, V] f32, as the model's own head computes them.
-
-  Prefill applies the head to each row's last token only: the forward's full [B, T, V] logits are then
-  unused and XLA drops them (for SmolLM2-135M the head is a fifth of the prefill FLOPs and the largest
-  activation).
-  """
-  hidden = hidden.astype(cfg.dtype)
-  if cfg.tie_embeddings:
-    return jnp.einsum("btd,vd->btv", hidden, params["embed"]["embedding"].astype(cfg.dtype),
-                      preferred_element_type=jnp.float32)
-  return jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(cfg.dtype),
-                    preferred_element_type=jnp.float32)
+  return _context_maker(cfg, batch, max_len, mesh)()
 
 
 def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array) -> Context:
@@ -94,11 +85,13 @@ def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array) -> C
   positions = jnp.maximum(positions, 0)
   _, hidden, cache = models.forward(cfg, params, tokens.astype(jnp.int32), positions, valid,
                                     cache=ctx.cache)
-  # The last real token of each row, wherever the padding sits (left, right or holes).
+  # Only each row's last real token (wherever the padding sits: left, right or holes) goes through the
+  # head: the forward's own [B, T, V] logits are then unused and XLA drops them (for SmolLM2-135M the
+  # head is a fifth of the prefill FLOPs and the largest activation).
   slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)
   last = jnp.max(jnp.where(valid, slots[None], -1), axis=1)                       # [B]
   last_hidden = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)   # [B, 1, D]
-  row_logits = _lm_head(cfg, params, last_hidden)[:, 0]
+  row_logits = models.lm_head(cfg, params, last_hidden)[:, 0]
   last_logits = jnp.where((counts > 0)[:, None], row_logits, ctx.last_logits)
   return Context(cache=cache, next_pos=ctx.next_pos + counts, last_logits=last_logits)
 
@@ -256,9 +249,10 @@ class Sampler:
     self.cfg, self.tokenizer, self.max_len, self.mesh = cfg, tokenizer, max_len, mesh
     self.params = params if mesh is None else jax.device_put(params, parallel.replicated(mesh))
     if eos_ids is None:
+      # The model's own end ids (e.g. <|im_end|> and <|endoftext|>) and the tokenizer's.
       eos = tokenizer.eos_token_id
-      eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    self.eos_ids = tuple(eos_ids)
+      eos_ids = list(getattr(cfg, "eos_token_ids", ())) + ([eos] if isinstance(eos, int) else list(eos or []))
+    self.eos_ids = tuple(dict.fromkeys(int(i) for i in eos_ids))
 
   def encode(self, prompt: str | list[dict]) -> list[int]:
     """A plain string is tokenized as is; a list of chat messages goes through the chat template."""

@@ -247,13 +247,15 @@ def test_sampler_generate_text_stop_strings_and_chat(llama):
   cfg, params = llama
   tok = _word_tokenizer()
   sampler = sampling.Sampler(cfg, params, tok, max_len=SLOTS)
+  assert set(sampler.eos_ids) == {1, *cfg.eos_token_ids}   # the tokenizer's <eos> and the model's
   prompts = [" ".join(tok.convert_ids_to_tokens(p)) for p in PROMPTS]
   assert [tok(p)["input_ids"] for p in prompts] == PROMPTS
   free = sampler.generate(prompts, max_new_tokens=NEW)
   _, ref = _decode(cfg, params, _prefill(cfg, params, PROMPTS))
   for row, res in enumerate(free):
     expected = list(np.asarray(ref.tokens[row]))
-    expected = expected[:expected.index(1) + 1] if 1 in expected else expected   # EOS (id 1) ends a row
+    ends = [i for i, t in enumerate(expected) if t in sampler.eos_ids]
+    expected = expected[:ends[0] + 1] if ends else expected
     assert res.tokens == expected
     assert res.text == tok.decode(res.tokens, skip_special_tokens=True)
   # Stop on the text of the third generated word: the text is cut before it, tokens end with it.
