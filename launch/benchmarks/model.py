@@ -137,7 +137,8 @@ def sampler_rows(quick: bool) -> list[dict]:
   met = decode_tps >= 5 * ref_decode_tps
   why = "" if met else (f"; target missed: {decode_tps:.0f} vs {ref_decode_tps:.0f} tok/s = "
                         f"{decode_tps / ref_decode_tps:.2f}x. "
-                        + _decode_notes(cfg, batch, new_tokens, ours_decode, ref_decode))
+                        + _decode_notes(cfg, params, batch, new_tokens, ours_decode, ref_decode,
+                                       sampling.bucket(length + new_tokens)))
   return [
       _row("sampler", "prefill", prefill_tps, ref_prefill_tps, ref_name, "tok/s", notes=setup),
       _row("sampler", "decode", decode_tps, ref_decode_tps, ref_name, "tok/s", ">= 5x reference", met,
@@ -145,13 +146,34 @@ def sampler_rows(quick: bool) -> list[dict]:
   ]
 
 
-def _decode_notes(cfg, batch, new_tokens, ours_s, ref_s) -> str:
+def _cached_step_ms(cfg, params, batch: int, slots: int) -> float:
+  """Milliseconds of one jitted single-token models.forward with a cache of `slots` slots (best of 3)."""
+  token, position = jnp.ones((batch, 1), jnp.int32), jnp.full((batch, 1), 8, jnp.int32)
+  step = jax.jit(lambda p, c: models.forward(cfg, p, token, position, cache=c)[2], donate_argnums=1)
+  cache = [models.init_cache(cfg, batch, slots)]
+
+  def one():
+    cache[0] = step(params, cache[0]).replace(index=jnp.int32(8))
+    cache[0].k.block_until_ready()
+
+  one()
+  return 1000 * _best_time(one, 3)
+
+
+def _decode_notes(cfg, params, batch, new_tokens, ours_s, ref_s, slots) -> str:
   """Per-step times, and what bounds them on a CPU: every step streams all the weights through a matmul."""
   weight_mb = cfg.num_params() * 4 / 2 ** 20
   ours_ms, ref_ms = 1000 * ours_s / new_tokens, 1000 * ref_s / new_tokens
-  slower = "" if ours_ms <= ref_ms else (
-      f" Our step is {ours_ms - ref_ms:.0f} ms slower; not isolated in this run (suspects: the layer scan "
-      f"slicing each layer's weights out of the stacked [L, ...] params, attention over every cache slot).")
+  slower = ""
+  if ours_ms > ref_ms:
+    small, large = _cached_step_ms(cfg, params, batch, 16), _cached_step_ms(cfg, params, batch, slots)
+    cache_mb = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim * 4 / 2 ** 20
+    slower = (f" Our step is {ours_ms - ref_ms:.0f} ms slower, and the cache is why: in this run one "
+              f"cached models.forward of one token takes {small:.0f} ms with 16 cache slots and "
+              f"{large:.0f} ms with {slots} ({cache_mb:.0f} MB of cache), so every step pays for all "
+              f"{slots} slots (torch's cache holds only the tokens so far); the ms per MB of cache, above "
+              f"one read at memory speed, suggest models.forward copies the cache each step (to check in "
+              f"models/transformer.py).")
   return (f"Per decode step (batch {batch}): ours {ours_ms:.0f} ms, transformers {ref_ms:.0f} ms. A step "
           f"multiplies [{batch}, {cfg.hidden_size}] activations with all {weight_mb:.0f} MB of float32 "
           f"weights, so on 2 CPU cores both frameworks spend it in memory-bound matmuls; what jit removes "
@@ -268,7 +290,8 @@ def train_rows(quick: bool) -> list[dict]:
 def _mfu_notes(cfg, batch, length, mfu, layer_fraction, split, ref_mfu) -> str:
   """Where the step's time goes, in numbers measured in the same run."""
   step, forward = split["ours"], split["forward"]
-  backward, update = split["grad"] - forward, step - split["grad"]
+  # Timed separately, so noise can make the update's share slightly negative: it is a few ms at most.
+  backward, update = split["grad"] - forward, max(step - split["grad"], 0.0)
   return (f"MFU {mfu:.2f} (torch {ref_mfu:.2f} on the same peak). Step {1000 * step:.0f} ms = "
           f"forward {1000 * forward:.0f} + backward {1000 * backward:.0f} + AdamW {1000 * update:.0f}: the "
           f"forward alone runs at {mfu * step / (3 * forward):.2f} "
