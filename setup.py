@@ -38,6 +38,8 @@ TEST = [
     "nbformat>=5.10",
     "ipykernel>=6",
     "psutil>=5.9",
+    "accelerate>=1.0",  # transformers needs it to read GGUF (parity tests)
+    "rapidfuzz>=3",
 ]
 
 setuptools.setup(
