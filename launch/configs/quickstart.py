@@ -2,11 +2,14 @@
 
   python -m launch.train --config=launch/configs/quickstart.py --workdir=runs/quickstart
 
-The embedded SmolLM2-135M-Instruct is too slow to train on a 2-core CPU within the budget (one PPO update of
-16 episodes x ~600 tokens is ~2 TFLOP there), so the CPU quickstart uses the `tiny` preset (1.3M params,
-the project's own BPE tokenizer): an SFT warm start on expert demonstrations, then GRPO in the `choose`
-action mode. Expected: base success 0.0 on held-in test tasks, ~0.3-0.5 after SFT, higher after RL; about
-10 minutes on 2 CPU cores. On an accelerator use --config.model=smollm2-135m-instruct (or a local HF folder).
+The embedded SmolLM2-135M-Instruct is too slow to train on a 2-core CPU within minutes, so the CPU
+quickstart uses the `tiny` preset (1.3M params, the project's own BPE tokenizer): an SFT warm start on
+expert demonstrations, then GRPO in the `choose` action mode.
+
+Measured so far (2-core CPU): base success 0.00 on held-in test tasks; after 60 SFT steps (160 demos,
+6 epochs, ~8 s/step) still 0.00 with token accuracy 0.53 — the tiny model needs more SFT than fits in the
+time budget, so this config does NOT yet show learning within 20 minutes (see the README). On an
+accelerator use --config.model=smollm2-135m-instruct (or a local HF folder) and more SFT steps.
 """
 
 from agentgen_jax import trainer
@@ -29,7 +32,7 @@ def get_config():
   c.group_size = 4
   c.learner.lr = 3e-4
   c.learner.clip_low, c.learner.clip_high = 0.2, 0.28
-  c.learner.micro_batch_size = 8
+  c.learner.micro_batch_size = 2  # choice batches pack every candidate: keep attention memory small
   c.learner.mini_batch_size = 16
   c.sft.tasks = 160
   c.sft.epochs = 3
