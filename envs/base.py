@@ -33,7 +33,8 @@ class Step:
   """The result of one agent turn.
 
   reward: the step reward (outcome envs give the final score on the last step and 0 before).
-  success: the task is solved.  score: task progress/quality in [0, 1] (== 1.0 when success).
+  success: the task is solved.  score: task progress/quality in [0, 1] (env-defined; BabyAI scores a
+  success by its step-discounted reward, so a success may score below 1).
   info: at least {"invalid": bool}; env_error=str when the environment itself failed.
   """
 
