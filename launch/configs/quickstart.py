@@ -12,35 +12,14 @@ time budget, so this config does NOT yet show learning within 20 minutes (see th
 accelerator use --config.model=smollm2-135m-instruct (or a local HF folder) and more SFT steps.
 """
 
-from agentgen_jax import trainer
+from launch.configs import study_small
 
 
 def get_config():
-  c = trainer.default_config()
-  c.model = "tiny"
-  c.seed = 0
-  c.envs = ["textcraft"]
+  c = study_small.small(["textcraft"], iterations=12)  # tiny model, choose mode, GRPO (shared settings)
   c.train_difficulty = "easy"
-  c.pool_size, c.workers = 16, 2
-  c.rollout.mode = "choose"
-  c.rollout.max_turns = 10
-  c.rollout.max_episode_tokens = 1024
-  c.rollout.temperature = 1.0
-  c.algo = "grpo"
-  c.iterations = 12
-  c.tasks_per_iteration = 4
-  c.group_size = 4
-  c.learner.lr = 3e-4
-  c.learner.clip_low, c.learner.clip_high = 0.2, 0.28
-  c.learner.micro_batch_size = 2  # choice batches pack every candidate: keep attention memory small
-  c.learner.mini_batch_size = 16
   c.sft.tasks = 160
-  c.sft.epochs = 3
-  c.sft.batch_size = 16
-  c.sft.lr = 2e-3
   c.eval.envs = ["textcraft"]
   c.eval.difficulty = "easy"
   c.eval.tasks = 24
-  c.eval.k = 2
-  c.eval.temperature = 1.0
   return c
