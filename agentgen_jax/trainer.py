@@ -32,8 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.tokenizer = ""                 # default: the model's own
   c.dtype = ""                     # compute dtype; default float32 on CPU, bfloat16 on accelerators
   c.seed = 0
-  c.envs = ["babyai"]              # training envs
-  c.env_weights = []               # mixture sampling weights (default uniform)
+  c.envs = ("babyai",)             # training envs (tuples: overridable as --config.envs="(a, b)")
+  c.env_weights = ()               # mixture sampling weights (default uniform)
   c.env_kwargs = {}                # {env: {kwarg: value}}
   c.train_split, c.train_difficulty = "train", "all"
   c.pool_size, c.workers = 8, 2
@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
       kl_mode="loss", critic="none", micro_batch_size=8, mini_batch_size=16, epochs=1))
   c.sft = ml_collections.ConfigDict(dict(tasks=0, epochs=2, batch_size=8, lr=1e-3))
   c.eval = ml_collections.ConfigDict(dict(
-      envs=[], split="test", difficulty="all", tasks=10, k=1, temperature=0.0))
+      envs=(), split="test", difficulty="all", tasks=10, k=1, temperature=0.0))
   c.checkpoint_every = 1
   c.max_to_keep = 2
   c.export_hf = False              # also write the final policy as an HF folder (workdir/hf_export)

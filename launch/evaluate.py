@@ -67,7 +67,7 @@ def main(argv):
   if _MODE.value:
     config.rollout.mode = _MODE.value
   config.rollout.max_turns = _MAX_TURNS.value
-  config.pool_size, config.workers, config.envs = _POOL.value, _WORKERS.value, list(_ENVS.value)
+  config.pool_size, config.workers, config.envs = _POOL.value, _WORKERS.value, tuple(_ENVS.value)
   policy = trainer.load_policy(config)
   rcfg = trainer.rollout_config(config, temperature=_TEMPERATURE.value)
   traj = os.path.join(_WORKDIR.value, "trajectories")

@@ -8,7 +8,7 @@ from agentgen_jax.study import protocols
 
 def _config(protocol, **study):
   c = trainer.default_config()
-  c.envs = ["textcraft", "babyai"]
+  c.envs = ("textcraft", "babyai")
   c.iterations = 3
   c.study = dict(protocol=protocol, **study)
   return protocols.study_config(c)

@@ -10,7 +10,7 @@ from agentgen_jax import checkpoint, trainer
 
 def _config(iterations):
   c = trainer.default_config()
-  c.model, c.envs = "tiny", ["textcraft"]
+  c.model, c.envs = "tiny", ("textcraft",)
   c.train_difficulty = "easy"
   c.pool_size, c.workers = 4, 1
   c.rollout.mode = "generate"

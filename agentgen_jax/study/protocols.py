@@ -108,8 +108,8 @@ def plan(c: ml_collections.ConfigDict) -> tuple[list[Stage], list[str], list[str
 def stage_config(c: ml_collections.ConfigDict, stage: Stage) -> ml_collections.ConfigDict:
   sc = copy.deepcopy(c)
   with sc.unlocked():
-    sc.envs = list(stage.envs)
-    sc.env_weights = list(stage.weights)
+    sc.envs = tuple(stage.envs)
+    sc.env_weights = tuple(stage.weights)
     sc.train_difficulty = stage.difficulty
     sc.iterations = stage.iterations
     sc.sft.tasks = 0  # the warm start happens once, before every stage
@@ -174,7 +174,7 @@ class Study:
         if c.study.warm_start_tasks_per_env > 0:
           wc = copy.deepcopy(c)
           with wc.unlocked():
-            wc.envs, wc.iterations = list(all_envs), 0
+            wc.envs, wc.iterations = tuple(all_envs), 0
             wc.sft.tasks = c.study.warm_start_tasks_per_env * len(all_envs)
           params, _ = trainer.train_stage(wc, policy, params, pool, self.stage_dir(BASE), logger, BASE)
         self._finish(BASE, params, self._evaluate(policy, params, pool, BASE, []), [])

@@ -16,6 +16,6 @@ from launch.configs import paper_common
 
 def get_config():
   c = paper_common.recipe()
-  c.envs = list(paper_common.ENVS)
+  c.envs = tuple(paper_common.ENVS)
   c.study = dict(protocol="cross_env", envs=list(paper_common.ENVS))
   return c

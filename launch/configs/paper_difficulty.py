@@ -13,7 +13,7 @@ from launch.configs import paper_common
 
 def get_config():
   c = paper_common.recipe()
-  c.envs = ["webshop"]
+  c.envs = ("webshop",)
   c.study = dict(protocol="difficulty", envs=["webshop"], difficulty_env="webshop",
                  eval_difficulties=["easy", "hard"])
   return c

@@ -14,7 +14,7 @@ from launch.configs import paper_common
 
 def get_config():
   c = paper_common.recipe()
-  c.envs = list(paper_common.ENVS)
+  c.envs = tuple(paper_common.ENVS)
   order = list(paper_common.ENVS)
   c.study = dict(protocol="sequential", envs=list(paper_common.ENVS), orders=[order, order[::-1]],
                  mixture_baseline=True, single_env_baselines=True)

@@ -19,7 +19,7 @@ def get_config():
   c = study_small.small(["textcraft"], iterations=12)  # tiny model, choose mode, GRPO (shared settings)
   c.train_difficulty = "easy"
   c.sft.tasks = 160
-  c.eval.envs = ["textcraft"]
+  c.eval.envs = ("textcraft",)
   c.eval.difficulty = "easy"
   c.eval.tasks = 24
   return c
