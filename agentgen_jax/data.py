@@ -127,6 +127,7 @@ def _jsonable(value):
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: str) -> None:
   """Writes records as one JSON object per line (atomically: a temp file then rename)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for record in records:
