@@ -189,7 +189,11 @@ def sft_warm_start(c, policy: Policy, pool, workdir: str, logger) -> Any:
     eps = expert_episodes(pool, policy.chat, stream.next(c.sft.tasks), c.rollout.mode)
     data.write_episodes([ep.record("expert") for ep in eps], demo_dir)
   source = data.read_episodes(demo_dir)
-  demos = [data.decode_record(source[i]) for i in range(len(source))]
+  # Demos longer than an episode may be in a rollout teach nothing usable and cost T^2 attention memory.
+  demos = [d for d in (data.decode_record(source[i]) for i in range(len(source)))
+           if len(d["tokens"]) <= c.rollout.max_episode_tokens]
+  if not demos:
+    raise ValueError(f"no expert demo fits rollout.max_episode_tokens={c.rollout.max_episode_tokens}")
   lcfg = learner_config(c, lr=c.sft.lr, kl_coef=0.0, critic="none")
   state = learner.init_state(policy.cfg, policy.params, lcfg, jax.random.PRNGKey(c.seed))
   step_fn = sft.make_sft_step(policy.cfg, lcfg)
