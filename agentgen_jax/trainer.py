@@ -19,7 +19,7 @@ import numpy as np
 
 from agentgen_jax import checkpoint, data, models, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
-from agentgen_jax.rl import advantages, learner, sft
+from agentgen_jax.rl import advantages, learner, losses, sft
 from agentgen_jax.study import metrics
 
 ALGOS = ("grpo", "ppo", "reinforce")
@@ -307,7 +307,9 @@ def compute_advantages(c, batch: dict, mode: str, state, policy: Policy, lcfg) -
                                  lcfg=lcfg)
   rewards = jnp.asarray(batch["rewards"])
   if lcfg.kl_mode == "reward" and lcfg.kl_coef > 0 and "ref_logprobs" in extra:
-    rewards = learner_losses_kl_rewards(rewards, extra, mask, lcfg)
+    rewards = losses.kl_penalty_rewards(rewards, jnp.asarray(extra["logprobs"]),
+                                        jnp.asarray(extra["ref_logprobs"]), mask, lcfg.kl_coef,
+                                        lcfg.kl_estimator)
   if c.algo == "ppo":
     adv, ret = advantages.token_gae(rewards, jnp.asarray(extra["old_values"]), mask, c.gamma, c.lam)
     batch["old_values"] = np.asarray(extra["old_values"])
@@ -324,12 +326,6 @@ def compute_advantages(c, batch: dict, mode: str, state, policy: Policy, lcfg) -
     batch["ref_logprobs"] = np.asarray(extra["ref_logprobs"])
   batch["logprob_mismatch"] = float(extra.get("logprob_mismatch", 0.0))
   return batch
-
-
-def learner_losses_kl_rewards(rewards, extra, mask, lcfg):
-  from agentgen_jax.rl import losses
-  return losses.kl_penalty_rewards(rewards, extra["logprobs"], extra["ref_logprobs"], mask, lcfg.kl_coef,
-                                   lcfg.kl_estimator)
 
 
 def _check_finite(m: dict, iteration: int, ckpt_dir: str, last_good: int | None) -> None:
