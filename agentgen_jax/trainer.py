@@ -50,7 +50,8 @@ def default_config() -> ml_collections.ConfigDict:
       lr=1e-5, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0, clip_low=0.2,
       clip_high=0.2, value_clip=0.2, value_coef=0.5, entropy_coef=0.0, kl_coef=0.0, kl_estimator="k3",
       kl_mode="loss", critic="none", micro_batch_size=8, mini_batch_size=16, epochs=1))
-  c.sft = ml_collections.ConfigDict(dict(tasks=0, epochs=2, batch_size=8, lr=1e-3))
+  c.sft = ml_collections.ConfigDict(dict(tasks=0, epochs=2, batch_size=8, micro_batch_size=0, lr=1e-3))
+  # sft.micro_batch_size: rows per forward/backward (0: the whole batch at once)
   c.eval = ml_collections.ConfigDict(dict(
       envs=(), split="test", difficulty="all", tasks=10, k=1, temperature=0.0))
   c.checkpoint_every = 1
@@ -87,6 +88,9 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"env_weights has {len(c.env_weights)} entries for {len(c.envs)} envs")
   if c.algo == "ppo" and c.learner.critic == "none":
     raise ValueError("algo 'ppo' needs a critic: set learner.critic to 'shared' or 'separate'")
+  if c.sft.micro_batch_size and c.sft.batch_size % c.sft.micro_batch_size:
+    raise ValueError(f"sft.batch_size={c.sft.batch_size} is not a multiple of "
+                     f"sft.micro_batch_size={c.sft.micro_batch_size}")
   if c.group_size < 1 or c.tasks_per_iteration < 1:
     raise ValueError("group_size and tasks_per_iteration must be >= 1")
 
@@ -194,24 +198,39 @@ def sft_warm_start(c, policy: Policy, pool, workdir: str, logger) -> Any:
            if len(d["tokens"]) <= c.rollout.max_episode_tokens]
   if not demos:
     raise ValueError(f"no expert demo fits rollout.max_episode_tokens={c.rollout.max_episode_tokens}")
-  lcfg = learner_config(c, lr=c.sft.lr, kl_coef=0.0, critic="none")
+  lcfg = learner_config(c, lr=c.sft.lr, kl_coef=0.0, critic="none", mini_batch_size=c.sft.batch_size,
+                        micro_batch_size=c.sft.micro_batch_size or c.sft.batch_size)
   state = learner.init_state(policy.cfg, policy.params, lcfg, jax.random.PRNGKey(c.seed))
   step_fn = sft.make_sft_step(policy.cfg, lcfg)
-  seq_len = rollout.sampling.bucket(max(len(d["tokens"]) for d in demos))
   rng = np.random.default_rng(c.seed)
   step = 0
   for epoch in range(c.sft.epochs):
-    order = rng.permutation(len(demos))
-    for start in range(0, len(order), c.sft.batch_size):
-      idx = order[start:start + c.sft.batch_size]
-      if len(idx) < c.sft.batch_size:  # a fixed batch shape: one compile
-        idx = np.concatenate([idx, order[:c.sft.batch_size - len(idx)]])
+    for idx, seq_len in sft_batches(demos, c.sft.batch_size, rng):
       batch = _records_to_token_batch([demos[i] for i in idx], seq_len)
       state, m = step_fn(state, batch)
       step += 1
       logger.scalars("sft", step, jax.device_get(m))
     logger.log({"phase": "sft", "epoch": epoch, "steps": step, **_floats(jax.device_get(m))})
   return state.params, len(demos)
+
+
+def sft_batches(demos: Sequence[dict], batch_size: int, rng: np.random.Generator):
+  """One epoch of (row indices, padded length) batches: demos are grouped by length bucket, so a short
+  demo is not padded to the longest one (attention costs T^2); a handful of shapes, one compile each.
+
+  Every demo appears once per epoch; the last batch of a bucket is filled up with other demos of the same
+  bucket (a fixed batch shape per bucket), and the batch order is shuffled across buckets.
+  """
+  buckets: dict[int, list[int]] = {}
+  for i in rng.permutation(len(demos)):
+    buckets.setdefault(rollout.sampling.bucket(len(demos[i]["tokens"])), []).append(int(i))
+  batches = []
+  for seq_len, members in sorted(buckets.items()):
+    for start in range(0, len(members), batch_size):
+      idx = members[start:start + batch_size]
+      idx += [members[j % len(members)] for j in range(batch_size - len(idx))]
+      batches.append((np.asarray(idx), seq_len))
+  return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _records_to_token_batch(records: Sequence[dict], seq_len: int) -> dict[str, np.ndarray]:

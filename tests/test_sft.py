@@ -52,3 +52,22 @@ def test_sft_steps_reduce_the_exact_token_mean_loss():
   assert after < 0.7 * before, (before, after, losses)
   assert all(b < a for a, b in zip(losses, losses[1:])), losses
   assert int(state.step) == 6
+
+
+def test_sft_batches_group_demos_by_length_bucket():
+  from agentgen_jax import sampling, trainer
+  rng = np.random.default_rng(0)
+  lengths = [int(n) for n in rng.integers(20, 700, size=37)]
+  demos = [{"tokens": np.zeros(n, np.int32)} for n in lengths]
+  batches = trainer.sft_batches(demos, 8, np.random.default_rng(1))
+  seen = [int(i) for idx, _ in batches for i in idx]
+  assert set(seen) == set(range(len(demos)))  # every demo in the epoch
+  for idx, seq_len in batches:
+    assert len(idx) == 8  # one shape per bucket
+    assert {sampling.bucket(lengths[i]) for i in idx} == {seq_len}  # no demo padded to another bucket
+  # Fill-ups only repeat demos of the same bucket: each demo appears once plus at most 7 fills per bucket.
+  n_buckets = len({sampling.bucket(n) for n in lengths})
+  assert len(seen) - len(demos) <= 7 * n_buckets
+  again = trainer.sft_batches(demos, 8, np.random.default_rng(1))
+  assert [(list(a), s) for a, s in batches] == [(list(a), s) for a, s in again]  # seeded
+  assert len({s for _, s in batches}) == n_buckets  # short demos get short batches
