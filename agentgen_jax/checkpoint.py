@@ -30,9 +30,12 @@ def _restore_keys(restored, like):
 class Checkpointer:
   """Saves and restores (state pytree, metadata dict) by step under `directory`."""
 
-  def __init__(self, directory: str, max_to_keep: int | None = 3):
+  def __init__(self, directory: str, max_to_keep: int | None = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    # A run killed mid-save leaves a `<step>.orbax-checkpoint-tmp-*` folder: never restored, removed by the
+    # next writer. A reader (read_only) leaves it alone: it may be the save of a run still going.
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+                                           cleanup_tmp_directories=not read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ import os
 
 from absl import app, flags
 
+from launch import cli
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training workdir, HF folder, .gguf or model name")
 _ENVS = flags.DEFINE_list("envs", None, "environments to evaluate on")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
@@ -42,7 +44,7 @@ def load_checkpoint(path: str, config):
     for sub in ("checkpoints", "sft"):
       ckpt_dir = os.path.join(path, sub)
       if os.path.isdir(ckpt_dir):
-        ckpt = checkpoint.Checkpointer(ckpt_dir)
+        ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
         if ckpt.latest_step() is not None:
           state, _ = ckpt.restore_raw()
           ckpt.close()
@@ -63,7 +65,10 @@ def main(argv):
   from agentgen_jax import trainer
   from agentgen_jax.study import failures, report
   config = trainer.default_config()
-  config, params = load_checkpoint(_CHECKPOINT.value, config)
+  try:
+    config, params = load_checkpoint(_CHECKPOINT.value, config)
+  except FileNotFoundError as e:  # the message names what --checkpoint may be
+    raise app.UsageError(str(e)) from None
   if _MODE.value:
     config.rollout.mode = _MODE.value
   config.rollout.max_turns = _MAX_TURNS.value
@@ -87,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

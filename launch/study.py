@@ -9,9 +9,12 @@ every stage trains, then evaluates every env; results.json, report.md and plots 
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py study config",
                                           lock_config=False)
@@ -31,6 +34,7 @@ def main(argv):
   try:
     config = protocols.study_config(_CONFIG.value)
     trainer.check_config(config)
+    cli.check_choices(config)
     study = protocols.Study(config, _WORKDIR.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
@@ -43,10 +47,12 @@ def main(argv):
     results = study.merge() if _MERGE.value else study.run(_ONLY.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
+    sys.exit(f"study stopped: {e}")
   print(json.dumps({k: results["metrics"].get(k) for k in ("bwt", "fwt", "forgetting")
                     if k in results["metrics"]}, indent=1))
   print(f"wrote {_WORKDIR.value}/report.md")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

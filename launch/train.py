@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where results, checkpoints and logs go")
@@ -26,9 +29,13 @@ def main(argv):
   config = _CONFIG.value
   try:
     trainer.check_config(config)
+    cli.check_choices(config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  results = trainer.run(config, _WORKDIR.value)
+  try:
+    results = trainer.run(config, _WORKDIR.value)
+  except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
+    sys.exit(f"training stopped: {e}")
   summary = [{k: e[k] for k in ("stage", "env", "avg_success", "avg_score", "pass_at_k")}
              for e in results["evals"]]
   print(json.dumps(summary, indent=1))
@@ -36,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,61 @@
+"""What the launch/*.py commands share: flag parsing and config checks that end a bad command in one line
+naming the bad value and the valid choices, never in a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from absl import flags
+from ml_collections import ConfigDict
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (use as app.run's flags_parser), each error reported as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = " ".join(str(e).split())
+  except (AttributeError, KeyError):  # ml_collections rejecting an unknown --config.<field>
+    message = _unknown_config_field(argv)
+  sys.exit(f"FATAL Flags parsing error: {message}")
+
+
+def _unknown_config_field(argv: list[str]) -> str:
+  """Which --config.<path> override names no field of the config file, and the fields it could name."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None:
+    return "an unknown --config.<field> override"
+  file, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location("_launch_config", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    keys = a[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(keys):
+      if not isinstance(node, (ConfigDict, dict)) or key not in node:
+        field, parent = ".".join(keys[:depth + 1]), ".".join(["config"] + keys[:depth])
+        valid = ", ".join(sorted(node.keys())) if isinstance(node, (ConfigDict, dict)) else "none"
+        return f"unknown config field {field!r}; valid fields of {parent}: {valid}"
+      node = node[key]
+  return "an unknown --config.<field> override"
+
+
+def check_choices(config: ConfigDict) -> None:
+  """The checks trainer.check_config leaves to later stages (learner fields, task splits and difficulties),
+  done before any model or env is loaded. Raises ValueError naming the valid choices."""
+  from agentgen_jax import trainer
+  from envs import base
+  trainer.learner_config(config)  # kl_mode, kl_estimator, critic
+  trainer.rollout_config(config)
+  for field, value, valid in (("train_split", config.train_split, base.SPLITS),
+                              ("train_difficulty", config.train_difficulty, base.DIFFICULTIES),
+                              ("eval.split", config.eval.split, base.SPLITS),
+                              ("eval.difficulty", config.eval.difficulty, base.DIFFICULTIES)):
+    if value not in valid:
+      raise ValueError(f"unknown {field} {value!r}; valid: {', '.join(valid)}")
