@@ -19,14 +19,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = " ".join(str(e).split())
   except (AttributeError, KeyError):  # ml_collections rejecting an unknown --config.<field>
     message = _unknown_config_field(argv)
+    if message is None:  # something else: its traceback is the useful message
+      raise
   sys.exit(f"FATAL Flags parsing error: {message}")
 
 
-def _unknown_config_field(argv: list[str]) -> str:
+def _unknown_config_field(argv: list[str]) -> str | None:
   """Which --config.<path> override names no field of the config file, and the fields it could name."""
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None and "--config" in argv[:-1]:
+    path = argv[argv.index("--config") + 1]
   if path is None:
-    return "an unknown --config.<field> override"
+    return None
   file, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("_launch_config", file)
   module = importlib.util.module_from_spec(spec)
@@ -43,7 +47,7 @@ def _unknown_config_field(argv: list[str]) -> str:
         valid = ", ".join(sorted(node.keys())) if isinstance(node, (ConfigDict, dict)) else "none"
         return f"unknown config field {field!r}; valid fields of {parent}: {valid}"
       node = node[key]
-  return "an unknown --config.<field> override"
+  return None
 
 
 def check_choices(config: ConfigDict) -> None:
