@@ -75,8 +75,9 @@ def rollout_config(c: ml_collections.ConfigDict, **overrides) -> rollout.Rollout
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:
-  """One-line errors for bad values, naming the valid choices."""
+  """One-line errors for bad values, naming the valid choices (before any model or env is loaded)."""
   import envs
+  from envs import base as env_base
   if c.algo not in ALGOS:
     raise ValueError(f"unknown algo {c.algo!r}; valid: {', '.join(ALGOS)}")
   if c.rollout.mode not in rollout.MODES:
@@ -93,6 +94,14 @@ def check_config(c: ml_collections.ConfigDict) -> None:
                      f"sft.micro_batch_size={c.sft.micro_batch_size}")
   if c.group_size < 1 or c.tasks_per_iteration < 1:
     raise ValueError("group_size and tasks_per_iteration must be >= 1")
+  learner_config(c)  # kl_mode, kl_estimator, critic, schedule, batch sizes
+  rollout_config(c)
+  for field, value, valid in (("train_split", c.train_split, env_base.SPLITS),
+                              ("train_difficulty", c.train_difficulty, env_base.DIFFICULTIES),
+                              ("eval.split", c.eval.split, env_base.SPLITS),
+                              ("eval.difficulty", c.eval.difficulty, env_base.DIFFICULTIES)):
+    if value not in valid:
+      raise ValueError(f"unknown {field} {value!r}; valid: {', '.join(valid)}")
 
 
 @dataclasses.dataclass
@@ -347,8 +356,16 @@ def compute_advantages(c, batch: dict, mode: str, state, policy: Policy, lcfg) -
   return batch
 
 
-def _check_finite(m: dict, iteration: int, ckpt_dir: str, last_good: int | None) -> None:
+def _all_finite(tree) -> bool:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(jax.device_get(jnp.all(jnp.stack(leaves)))) if leaves else True
+
+
+def _check_finite(m: dict, params, iteration: int, ckpt_dir: str, last_good: int | None) -> None:
+  """Stops the run before a non-finite loss, metric or parameter can reach a checkpoint."""
   bad = [k for k, v in m.items() if np.ndim(v) == 0 and not math.isfinite(float(v))]
+  if not bad and not _all_finite(params):
+    bad = ["params"]
   if bad:
     raise FloatingPointError(
         f"non-finite {', '.join(sorted(bad))} at RL iteration {iteration}; stopped without saving it "
@@ -392,7 +409,7 @@ def rl_train(c, policy: Policy, params, pool, workdir: str, logger: Logger, *, s
     mismatch = batch.pop("logprob_mismatch")
     state, m = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
     m = dict(_floats(jax.device_get(m)), logprob_mismatch=mismatch)
-    _check_finite(m, it, ckpt_dir, last_good)
+    _check_finite(m, state.params, it, ckpt_dir, last_good)
     success = float(np.mean([ep.success for ep in episodes]))
     score = float(np.mean([ep.score for ep in episodes]))
     point = {"stage": stage, "iteration": it, "global_iteration": global_offset + it, "success": success,

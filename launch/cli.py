@@ -1,5 +1,5 @@
-"""What the launch/*.py commands share: flag parsing and config checks that end a bad command in one line
-naming the bad value and the valid choices, never in a traceback.
+"""What the launch/*.py commands share: flag parsing that ends a bad command in one line naming the bad
+value and the valid choices, never in a traceback (config values are checked by trainer.check_config).
 """
 
 from __future__ import annotations
@@ -48,18 +48,3 @@ def _unknown_config_field(argv: list[str]) -> str | None:
         return f"unknown config field {field!r}; valid fields of {parent}: {valid}"
       node = node[key]
   return None
-
-
-def check_choices(config: ConfigDict) -> None:
-  """The checks trainer.check_config leaves to later stages (learner fields, task splits and difficulties),
-  done before any model or env is loaded. Raises ValueError naming the valid choices."""
-  from agentgen_jax import trainer
-  from envs import base
-  trainer.learner_config(config)  # kl_mode, kl_estimator, critic
-  trainer.rollout_config(config)
-  for field, value, valid in (("train_split", config.train_split, base.SPLITS),
-                              ("train_difficulty", config.train_difficulty, base.DIFFICULTIES),
-                              ("eval.split", config.eval.split, base.SPLITS),
-                              ("eval.difficulty", config.eval.difficulty, base.DIFFICULTIES)):
-    if value not in valid:
-      raise ValueError(f"unknown {field} {value!r}; valid: {', '.join(valid)}")

@@ -34,7 +34,6 @@ def main(argv):
   try:
     config = protocols.study_config(_CONFIG.value)
     trainer.check_config(config)
-    cli.check_choices(config)
     study = protocols.Study(config, _WORKDIR.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None

@@ -29,7 +29,6 @@ def main(argv):
   config = _CONFIG.value
   try:
     trainer.check_config(config)
-    cli.check_choices(config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   try:

@@ -14,6 +14,8 @@ import numpy as np
 import psutil
 import pytest
 
+from agentgen_jax import trainer
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The settings of tests/test_train_resume.py; entropy_coef makes every update move the params (the tiny
@@ -225,3 +227,10 @@ def _fails_with(cmd: list[str], expected: str) -> None:
   last = done.stderr.strip().splitlines()[-1]
   assert expected in last, last
   assert time.monotonic() - t0 < 30
+
+
+def test_non_finite_params_stop_the_run_even_when_the_metrics_are_finite():
+  finite = {"w": np.ones(3, np.float32), "step": np.int32(1)}
+  trainer._check_finite({"loss": 0.5}, finite, 3, "ckpts", 2)  # no error
+  with pytest.raises(FloatingPointError, match=r"non-finite params at RL iteration 3.*step 2 in ckpts"):
+    trainer._check_finite({"loss": 0.5}, {"w": np.array([1.0, np.inf], np.float32)}, 3, "ckpts", 2)
