@@ -52,6 +52,8 @@ def test_sft_steps_reduce_the_exact_token_mean_loss():
   assert after < 0.7 * before, (before, after, losses)
   assert all(b < a for a, b in zip(losses, losses[1:])), losses
   assert int(state.step) == 6
+  # The update donates the state, not the caller's params: they still hold the initial values.
+  assert abs(_reference_nll(cfg, params, batch) - before) < 1e-9
 
 
 def test_sft_batches_group_demos_by_length_bucket():

@@ -105,7 +105,11 @@ def _copy(tree):
 
 
 def init_state(model_cfg, params, lcfg: LearnerConfig, rng, mesh=None) -> TrainState:
-  """A fresh TrainState; the critic starts from the policy trunk ("separate") or a new head."""
+  """A fresh TrainState; the critic starts from the policy trunk ("separate") or a new head.
+
+  The state holds copies of `params`: the update donates the state, and the caller's params stay usable.
+  """
+  params = _copy(params)
   rng, head_rng = jax.random.split(rng)
   critic_params = critic_opt_state = None
   if lcfg.critic != "none":
