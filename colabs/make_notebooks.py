@@ -35,7 +35,7 @@ def nb(cells, path):
 
 
 nb(["md:# Quickstart: train a small agent and read its transcripts\n\n"
-    "Evaluates the `tiny` policy on TextCraft, warm-starts it on expert demonstrations (SFT), trains it with "
+    "Evaluates the `tiny` policy on BabyAI (easy levels), warm-starts it on expert demonstrations (SFT), trains it with "
     "GRPO in the `choose` action mode, evaluates again, and shows what the agent did.",
     SETUP, SHRINK,
     """from launch.configs import quickstart

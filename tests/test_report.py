@@ -33,3 +33,11 @@ def test_report_files_and_numbers(tmp_path):
   assert "forgetting: a +0.200" in md
   assert "| after:a | a | +0.500 | +0.050 |" in md  # held-in 0.6-0.1, held-out 0.25-0.2
   assert json.load(open(paths["results"]))["evals"] == evals
+
+
+def test_one_difficulty_prefers_all_then_the_first_evaluated():
+  easy = [{"stage": "base", "env": "a", "difficulty": d} for d in ("easy", "hard")]
+  assert report.one_difficulty(easy) == easy[:1]
+  mixed = easy + [{"stage": "base", "env": "a", "difficulty": "all"}]
+  assert report.one_difficulty(mixed) == mixed[2:]
+  assert report.one_difficulty([{"stage": "s", "env": "a"}]) == [{"stage": "s", "env": "a"}]

@@ -229,7 +229,7 @@ class Study:
   def compute_metrics(self, evals: list[dict]) -> dict[str, Any]:
     """Protocol metrics, recomputable from `evals` alone (see metrics.DEFINITIONS)."""
     s = self.c.study
-    all_diff = [e for e in evals if e["difficulty"] == "all"] or evals
+    all_diff = report.one_difficulty(evals)
     out: dict[str, Any] = {"transfer": metrics.transfer(all_diff)}
     if s.protocol == "difficulty":
       table = {}

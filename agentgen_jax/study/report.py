@@ -52,6 +52,14 @@ def envs_in_order(evals: Sequence[dict]) -> list[str]:
 
 # ---- plots ------------------------------------------------------------------------------------------
 
+def one_difficulty(evals: Sequence[dict]) -> list[dict]:
+  """The evals of one difficulty, for views with one cell per (stage, env): "all" when present, else the
+  first difficulty evaluated (e.g. "easy" for a study evaluated on easy tasks only)."""
+  difficulties = list(dict.fromkeys(e.get("difficulty") or "all" for e in evals))
+  pick = "all" if "all" in difficulties else (difficulties[0] if difficulties else "all")
+  return [e for e in evals if (e.get("difficulty") or "all") == pick]
+
+
 def _pyplot():
   import matplotlib
   matplotlib.use("Agg")
@@ -60,7 +68,7 @@ def _pyplot():
 
 
 def plot_transfer_heatmap(results: dict, path: str, metric: str = "avg_score") -> str | None:
-  evals = [e for e in results["evals"] if e.get("difficulty", "all") in ("all", None)] or results["evals"]
+  evals = one_difficulty(results["evals"])
   table = metrics.transfer(evals, metric=metric)
   if not table:
     return None
@@ -132,7 +140,7 @@ def plot_turns_tokens(results: dict, path: str) -> str | None:
     return None
   first, last = stages[0], stages[-1]
   envs = envs_in_order(evals)
-  get = {(e["stage"], e["env"]): e for e in evals if e.get("difficulty", "all") in ("all", None)}
+  get = {(e["stage"], e["env"]): e for e in one_difficulty(evals)}
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
   width = 0.38
