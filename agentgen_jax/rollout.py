@@ -9,10 +9,12 @@ distribution over the env's listed valid actions; GLAM, Carta et al. 2023).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import time
 from typing import Any, Sequence
 
 import jax
@@ -188,7 +190,12 @@ def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray):
 
 
 class Roller:
-  """Runs batches of episodes of a policy over an EnvPool."""
+  """Runs batches of episodes of a policy over an EnvPool.
+
+  `timings` accumulates the seconds run() spends in the model ("generate": prefill, decode, candidate
+  scoring, waited for), in the EnvPool ("env": reset, step, info) and in the chat template ("tokenize");
+  the rest is host bookkeeping. launch/benchmarks/e2e.py reads it; set it to {} to start over.
+  """
 
   def __init__(self, cfg, tokenizer, pool, rollout_cfg: RolloutConfig, mesh=None):
     self.cfg = cfg
@@ -196,8 +203,17 @@ class Roller:
     self.rcfg = rollout_cfg
     self.chat = ChatFormat(tokenizer, rollout_cfg.system_prompt)
     self.mesh = mesh
+    self.timings: dict[str, float] = {}
 
   # ---- helpers -----------------------------------------------------------------------------------
+
+  @contextlib.contextmanager
+  def _timed(self, part: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
   def _extend(self, params, ctx, chunks: list[list[int]]):
     t = sampling.bucket(max([len(c) for c in chunks] + [1]))
@@ -224,19 +240,23 @@ class Roller:
 
   def _run_batch(self, params, tasks, rng) -> list[Episode]:
     rcfg = self.rcfg
-    observations = self.pool.reset(tasks)
+    with self._timed("env"):
+      observations = self.pool.reset(tasks)
     episodes = []
     for (name, task), obs in zip(tasks, observations):
-      info = self.pool.info(name)
+      with self._timed("env"):
+        info = self.pool.info(name)
       max_turns = rcfg.max_turns or int(info["max_turns"])
-      ep = Episode(env=name, task=task, max_turns=max_turns,
-                   messages=self.chat.first_messages(info["instruction"], obs.text))
-      ep.pending = self.chat.prompt(ep.messages)
+      with self._timed("tokenize"):
+        ep = Episode(env=name, task=task, max_turns=max_turns,
+                     messages=self.chat.first_messages(info["instruction"], obs.text))
+        ep.pending = self.chat.prompt(ep.messages)
       ep.last_obs = obs
       episodes.append(ep)
     # Slots: every turn uses a bucketed chunk plus the decoded tokens; holes are masked.
     max_len = sampling.bucket(2 * rcfg.max_episode_tokens + 4 * rcfg.max_new_tokens)
-    ctx = sampling.new_context(self.cfg, len(tasks), max_len)
+    with self._timed("generate"):
+      ctx = jax.block_until_ready(sampling.new_context(self.cfg, len(tasks), max_len))
     while True:
       active = [ep for ep in episodes if not ep.done]
       if not active:
@@ -258,13 +278,15 @@ class Roller:
         if chunk:
           ep.add(chunk, agent=False)
           ep.pending = []
-      ctx = self._extend(params, ctx, chunks)
+      with self._timed("generate"):
+        ctx = jax.block_until_ready(self._extend(params, ctx, chunks))
       rng, sub = jax.random.split(rng)
       if rcfg.mode == "generate":
         ctx, actions = self._generate_turn(params, ctx, episodes, sub)
       else:
         ctx, actions = self._choose_turn(params, ctx, episodes, sub)
-      steps = self.pool.step(actions, parse=rcfg.mode == "generate")
+      with self._timed("env"):
+        steps = self.pool.step(actions, parse=rcfg.mode == "generate")
       for ep, action, step in zip(episodes, actions, steps):
         if action is None or step is None:
           continue
@@ -290,16 +312,19 @@ class Roller:
       return
     ep.messages.append({"role": "user", "content": step.observation.text})
     agent_tokens = [t for t, m in zip(ep.tokens, ep.loss_mask) if m][-1:]
-    ep.pending = self.chat.continuation(ep.messages, agent_tokens)
+    with self._timed("tokenize"):
+      ep.pending = self.chat.continuation(ep.messages, agent_tokens)
     ep.last_obs = step.observation
 
   def _generate_turn(self, params, ctx, episodes, rng):
     rcfg = self.rcfg
     active = np.array([not ep.done for ep in episodes])
-    ctx, gen = sampling.decode(self.cfg, params, ctx, rng, jnp.asarray(active),
-                               max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature,
-                               top_p=rcfg.top_p, eos_ids=self.chat.eos_ids)
-    tokens, logprobs, lengths = jax.device_get((gen.tokens, gen.logprobs, gen.lengths))
+    with self._timed("generate"):
+      ctx, gen = sampling.decode(self.cfg, params, ctx, rng, jnp.asarray(active),
+                                 max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature,
+                                 top_p=rcfg.top_p, eos_ids=self.chat.eos_ids)
+      tokens, logprobs, lengths = jax.device_get((gen.tokens, gen.logprobs, gen.lengths))
+      ctx = jax.block_until_ready(ctx)
     actions: list[str | None] = []
     for row, ep in enumerate(episodes):
       if ep.done:
@@ -307,7 +332,8 @@ class Roller:
         continue
       n = int(lengths[row])
       ep.add(tokens[row, :n], agent=True, logprobs=logprobs[row, :n])
-      actions.append(self.chat.decode(tokens[row, :n]))
+      with self._timed("tokenize"):
+        actions.append(self.chat.decode(tokens[row, :n]))
     return ctx, actions
 
   def _choose_turn(self, params, ctx, episodes, rng):
@@ -320,12 +346,14 @@ class Roller:
         raise ValueError(f"env {ep.env!r} lists no valid actions: the choose mode needs them "
                          "(use mode='generate')")
       names.append(valid_actions)
-      candidates.append([self.chat.encode(a) + self.chat.end_of_turn for a in valid_actions])
-    next_pos = np.asarray(jax.device_get(ctx.next_pos))
-    tokens, valid, positions, first, segment, attn = _pack_candidates(candidates, next_pos)
-    logp = np.asarray(jax.device_get(_score_candidates(
-        self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(attn),
-        jnp.asarray(positions), jnp.asarray(first))))
+      with self._timed("tokenize"):
+        candidates.append([self.chat.encode(a) + self.chat.end_of_turn for a in valid_actions])
+    with self._timed("generate"):
+      next_pos = np.asarray(jax.device_get(ctx.next_pos))
+      tokens, valid, positions, first, segment, attn = _pack_candidates(candidates, next_pos)
+      logp = np.asarray(jax.device_get(_score_candidates(
+          self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(attn),
+          jnp.asarray(positions), jnp.asarray(first))))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
     actions: list[str | None] = []
     chosen_tokens: list[list[int]] = []
@@ -347,7 +375,8 @@ class Roller:
       ep.choices.append((candidates[row], choice, float(log_probs[choice])))
       chosen_tokens.append(cand)
       actions.append(names[row][choice])
-    ctx = self._extend(params, ctx, chosen_tokens)
+    with self._timed("generate"):
+      ctx = jax.block_until_ready(self._extend(params, ctx, chosen_tokens))
     return ctx, actions
 
 

@@ -49,12 +49,17 @@ def _fmt(value) -> str:
 
 def render(rows: list[dict], info: dict) -> str:
   """Markdown: one table per group of rows."""
-  lines = ["# Benchmarks", "",
-           f"Written by `python -m launch.benchmark` on {info['date']}.", "",
-           "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "date"), ""]
   groups: dict[str, list[dict]] = {}
   for row in rows:
     groups.setdefault(row["group"], []).append(row)
+  dates = {group: sorted({r.get("date", info["date"]) for r in group_rows})
+           for group, group_rows in groups.items()}
+  machine = "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "date")
+  if any(d != [info["date"]] for d in dates.values()):
+    machine += (f". Rows come from separate runs (each suite's rows are kept until it is run again): this "
+                f"machine line is the latest run's ({info['date']}); rows measured on other dates: "
+                + "; ".join(f"{g}: {', '.join(d)}" for g, d in dates.items() if d != [info["date"]]))
+  lines = ["# Benchmarks", "", f"Written by `python -m launch.benchmark` on {info['date']}.", "", machine, ""]
   for group, group_rows in groups.items():
     lines += [f"## {group}", "",
               "| metric | ours | reference | ratio | unit | target | met | notes |",
@@ -89,9 +94,11 @@ def main(argv):
       previous = json.load(f)
   # Rows of suites not run this time (or from another machine, e.g. a GPU) are kept.
   key = lambda r: (r["group"], r["metric"], r.get("machine", ""))
-  merged = {key(r): r for r in previous.get("rows", [])}
+  merged = {key(r): dict(r, date=r.get("date", previous["machine"].get("date", "")))
+            for r in previous.get("rows", [])}
   for r in rows:
     r.setdefault("machine", info["backend"])
+    r["date"] = info["date"]
     merged[key(r)] = r
   rows = list(merged.values())
   with open(json_path, "w") as f:
