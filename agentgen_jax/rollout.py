@@ -466,8 +466,9 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None,
                      unit_lp=unit_lp, unit_rewards=unit_rewards))
   b = len(rows)
   t = seq_len or sampling.bucket(max(len(r["tokens"]) for r in rows))
-  c = max_candidates or max(max(len(r["cand_turn"]) for r in rows), 1)
-  k = max_turns or max(max(len(r["chosen"]) for r in rows), 1)
+  # Bucketed like the length, so that the jitted update sees a handful of shapes (one compile each).
+  c = max_candidates or sampling.bucket(max(max(len(r["cand_turn"]) for r in rows), 1), minimum=16)
+  k = max_turns or sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
   out = {"tokens": np.zeros((b, t), np.int32), "positions": np.zeros((b, t), np.int32),
          "valid": np.zeros((b, t), bool), "pred_pos": np.zeros((b, t), np.int32),
          "cand_id": np.full((b, t), -1, np.int32), "attn_mask": np.zeros((b, t, t), bool),
