@@ -7,14 +7,21 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import ConfigDict
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing (use as app.run's flags_parser), each error reported as one line."""
+  """absl's flag parsing (use as app.run's flags_parser), each error reported as one line.
+
+  Library INFO logging (orbax logs every checkpoint save) is off unless --verbosity/-v is given: progress
+  goes to the progress bars, log.jsonl and TensorBoard.
+  """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return rest
   except flags.Error as e:
     message = " ".join(str(e).split())
   except (AttributeError, KeyError):  # ml_collections rejecting an unknown --config.<field>

@@ -4,6 +4,7 @@ stops with one line naming the non-finite metric and the last good checkpoint; b
 with one line naming the valid choices, never a traceback."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -234,3 +235,12 @@ def test_non_finite_params_stop_the_run_even_when_the_metrics_are_finite():
   trainer._check_finite({"loss": 0.5}, finite, 3, "ckpts", 2)  # no error
   with pytest.raises(FloatingPointError, match=r"non-finite params at RL iteration 3.*step 2 in ckpts"):
     trainer._check_finite({"loss": 0.5}, {"w": np.array([1.0, np.inf], np.float32)}, 3, "ckpts", 2)
+
+
+@pytest.mark.parametrize("args, level", [([], "WARNING"), (["-v", "0"], "INFO")])
+def test_library_info_logging_is_off_unless_verbosity_is_given(args, level):
+  code = ("import sys; from absl import logging; from launch import cli;"
+          "cli.parse_flags(['x'] + sys.argv[1:]); print(logging.get_absl_logger().getEffectiveLevel())")
+  out = _run([sys.executable, "-c", code] + args, timeout=60)
+  assert out.returncode == 0, out.stderr
+  assert int(out.stdout.split()[-1]) == getattr(logging, level), out.stdout
