@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -87,8 +88,16 @@ def write_episodes(records: Iterable[dict[str, Any]], folder: str, split: str = 
   """
   records = [normalize_record(r) for r in records]
   os.makedirs(folder, exist_ok=True)
-  builder = _builder_class()(records=records, split=split, data_dir=folder, file_format="array_record")
-  builder.download_and_prepare()
+  # A new TFDS builder mkdtemp()s a folder for metadata from its (disabled) GCS bucket and never removes it:
+  # point tempfile at a scratch folder of ours for the duration, so that no run litters the temp folder.
+  saved = tempfile.tempdir
+  with tempfile.TemporaryDirectory() as scratch:
+    tempfile.tempdir = scratch
+    try:
+      builder = _builder_class()(records=records, split=split, data_dir=folder, file_format="array_record")
+      builder.download_and_prepare()
+    finally:
+      tempfile.tempdir = saved
   write_jsonl(records, os.path.join(folder, f"{split}.jsonl"))
   return str(builder.data_dir)
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -64,3 +65,13 @@ def test_mismatched_field_length_is_a_clear_error():
 def test_missing_dataset_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no TFDS dataset"):
     data.read_episodes(str(tmp_path))
+
+
+def test_writing_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  data.write_episodes(_records(2), str(tmp_path / "a"))
+  data.write_episodes(_records(3), str(tmp_path / "b"), split="test")
+  assert list(temp.iterdir()) == []
+  assert tempfile.tempdir == str(temp)  # restored
