@@ -15,6 +15,7 @@ from launch.configs import study_small
 def get_config():
   c = study_small.small(["babyai"], iterations=8)
   c.sft.tasks = 300
+  c.rollout.max_turns = 10
   c.eval.envs = ("babyai",)
   c.learner.lr, c.learner.mini_batch_size = 3e-4, 16
   c.eval.k, c.eval.temperature = 1, 0.0  # greedy

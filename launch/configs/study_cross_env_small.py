@@ -1,17 +1,24 @@
 """Small cross-environment transfer matrix on the CPU: train on TextCraft, and separately on BabyAI, from the
-same warm-started tiny model; evaluate both envs after each.
+same warm-started tiny model; evaluate both envs after each (easy test tasks, 40 tasks × 2 samples).
 
   python -m launch.study --config=launch/configs/study_cross_env_small.py --workdir=runs/cross_env_small
 
-Expected: ~10 minutes on 2 CPU cores; results.json, report.md, transfer_heatmap.png. Held-in deltas (the
-diagonal) should be larger than held-out ones.
+Cost, measured on an idle 2-core CPU: 17 minutes. Warm start (300 expert demos written as TFDS, 108 SFT
+steps) 6.5 min, each evaluation of both envs ~2 min, the TextCraft stage 5 min (its choose-mode batches pack
+~14 candidate actions per turn: 65-130 s per GRPO iteration), the BabyAI stage 50 s. Writes results.json,
+report.md, transfer_heatmap.png, training_success.png, turns_tokens.png.
+
+Measured (seed 0, score = success rate): base textcraft 0.013 / babyai 0.071; after BabyAI: held-in +0.154,
+held-out (textcraft) -0.013; after TextCraft: held-in +0.000, held-out +0.021. Three iterations of 4 tasks
+× 4 samples give GRPO a signal only where the warm-started policy already succeeds sometimes (BabyAI);
+for more, --config.iterations=6 --config.tasks_per_iteration=8 (see README, "Running the study").
 """
 
 from launch.configs import study_small
 
 
 def get_config():
-  c = study_small.small(["textcraft", "babyai"])
+  c = study_small.small(["textcraft", "babyai"], iterations=3)
   c.study.protocol = "cross_env"
   c.study.envs = ["textcraft", "babyai"]
   return c
