@@ -213,13 +213,19 @@ def sft_warm_start(c, policy: Policy, pool, workdir: str, logger) -> Any:
   step_fn = sft.make_sft_step(policy.cfg, lcfg)
   rng = np.random.default_rng(c.seed)
   step = 0
-  for epoch in range(c.sft.epochs):
-    for idx, seq_len in sft_batches(demos, c.sft.batch_size, rng):
-      batch = _records_to_token_batch([demos[i] for i in idx], seq_len)
-      state, m = step_fn(state, batch)
-      step += 1
-      logger.scalars("sft", step, jax.device_get(m))
-    logger.log({"phase": "sft", "epoch": epoch, "steps": step, **_floats(jax.device_get(m))})
+  from tqdm import tqdm
+  per_epoch = len(sft_batches(demos, c.sft.batch_size, np.random.default_rng(0)))  # fixed per epoch
+  with tqdm(total=c.sft.epochs * per_epoch, desc=f"SFT on {len(demos)} demos") as bar:
+    for epoch in range(c.sft.epochs):
+      for idx, seq_len in sft_batches(demos, c.sft.batch_size, rng):
+        batch = _records_to_token_batch([demos[i] for i in idx], seq_len)
+        state, m = step_fn(state, batch)
+        step += 1
+        m = jax.device_get(m)
+        logger.scalars("sft", step, m)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{float(m['loss']):.3f}")
+      logger.log({"phase": "sft", "epoch": epoch, "steps": step, **_floats(m)})
   return state.params, len(demos)
 
 
