@@ -6,7 +6,9 @@ One record is one episode: its token sequence with masks and per-token arrays, a
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import os
 import tempfile
@@ -88,10 +90,12 @@ def write_episodes(records: Iterable[dict[str, Any]], folder: str, split: str = 
   """
   records = [normalize_record(r) for r in records]
   os.makedirs(folder, exist_ok=True)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # TFDS's per-write bars and prints would bury the run's own progress bars
   # A new TFDS builder mkdtemp()s a folder for metadata from its (disabled) GCS bucket and never removes it:
   # point tempfile at a scratch folder of ours for the duration, so that no run litters the temp folder.
   saved = tempfile.tempdir
-  with tempfile.TemporaryDirectory() as scratch:
+  with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
     tempfile.tempdir = scratch
     try:
       builder = _builder_class()(records=records, split=split, data_dir=folder, file_format="array_record")

@@ -75,3 +75,9 @@ def test_writing_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
   data.write_episodes(_records(3), str(tmp_path / "b"), split="test")
   assert list(temp.iterdir()) == []
   assert tempfile.tempdir == str(temp)  # restored
+
+
+def test_writing_prints_nothing(tmp_path, capfd):
+  data.write_episodes(_records(2), str(tmp_path / "a"))
+  out, err = capfd.readouterr()
+  assert out == "" and "Generating" not in err and "Shuffling" not in err, (out, err[-500:])
