@@ -7,24 +7,12 @@ import os
 import pytest
 
 from agentgen_jax.study import protocols
-from launch.configs import study_difficulty_small, study_mixture_small
-
-
-def _shrink(c):
-  c.iterations = 1
-  c.tasks_per_iteration, c.group_size = 2, 2
-  c.sft.epochs = 1
-  c.eval.tasks, c.eval.k = 2, 1
-  c.rollout.max_turns = 3
-  c.rollout.max_episode_tokens = 768
-  c.pool_size = 4
-  c.study.warm_start_tasks_per_env = 4
-  return c
+from launch.configs import study_difficulty_small, study_mixture_small, study_small
 
 
 @pytest.mark.slow
 def test_difficulty_protocol_end_to_end(tmp_path):
-  results = protocols.run_study(_shrink(study_difficulty_small.get_config()), str(tmp_path))
+  results = protocols.run_study(study_small.smoke(study_difficulty_small.get_config()), str(tmp_path))
   cells = {(e["stage"], e["difficulty"]) for e in results["evals"]}
   stages = ("base", "easy", "hard", "mixed", "easy>hard")
   assert cells == {(s, d) for s in stages for d in ("easy", "hard")}
@@ -37,7 +25,7 @@ def test_difficulty_protocol_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_mixture_protocol_end_to_end(tmp_path):
-  c = _shrink(study_mixture_small.get_config())
+  c = study_small.smoke(study_mixture_small.get_config())
   c.iterations, c.tasks_per_iteration = 2, 4  # 8 weighted draws of the env: both envs come up
   results = protocols.run_study(c, str(tmp_path))
   assert {(e["stage"], e["env"]) for e in results["evals"]} == {

@@ -7,19 +7,11 @@ import os
 import pytest
 
 from agentgen_jax.study import metrics, protocols
-from launch.configs import study_sequential_small
+from launch.configs import study_sequential_small, study_small
 
 
 def _config():
-  c = study_sequential_small.get_config()
-  c.iterations = 1
-  c.tasks_per_iteration, c.group_size = 2, 2
-  c.sft.epochs = 1
-  c.eval.tasks, c.eval.k = 2, 1
-  c.rollout.max_turns = 3
-  c.pool_size = 4
-  c.study.warm_start_tasks_per_env = 4
-  return c
+  return study_small.smoke(study_sequential_small.get_config())
 
 
 @pytest.mark.slow

@@ -36,3 +36,17 @@ def small(envs, iterations: int = 8):
   c.eval.temperature = 1.0
   c.study = dict(warm_start_tasks_per_env=150, eval_difficulties=["easy"])
   return c
+
+
+def smoke(c):
+  """c shrunk to the smallest sizes that still run every step of a study (for tests): 1 iteration of
+  2 tasks × 2 samples, 3 turns, 4 warm-start demos per env, 2 evaluation tasks."""
+  c.iterations = 1
+  c.tasks_per_iteration, c.group_size = 2, 2
+  c.sft.epochs = 1
+  c.eval.tasks, c.eval.k = 2, 1
+  c.rollout.max_turns = 3
+  c.rollout.max_episode_tokens = 768
+  c.pool_size = 4
+  c.study.warm_start_tasks_per_env = 4
+  return c
