@@ -8,10 +8,11 @@ steps) 6.5 min, each evaluation of both envs ~2 min, the TextCraft stage 5 min (
 ~14 candidate actions per turn: 65-130 s per GRPO iteration), the BabyAI stage 50 s. Writes results.json,
 report.md, transfer_heatmap.png, training_success.png, turns_tokens.png.
 
-Measured (seed 0, score = success rate): base textcraft 0.013 / babyai 0.071; after BabyAI: held-in +0.154,
-held-out (textcraft) -0.013; after TextCraft: held-in +0.000, held-out +0.021. Three iterations of 4 tasks
-× 4 samples give GRPO a signal only where the warm-started policy already succeeds sometimes (BabyAI);
-for more, --config.iterations=6 --config.tasks_per_iteration=8 (see README, "Running the study").
+Measured (seed 0; score: success, discounted by steps for BabyAI): base textcraft 0.013 / babyai 0.071;
+after BabyAI: held-in +0.154, held-out (textcraft) -0.013; after TextCraft: held-in +0.000, held-out
++0.021. Three iterations of 4 tasks × 4 samples give GRPO a signal only where the warm-started policy
+already succeeds sometimes (BabyAI); for more, --config.iterations=5 --config.tasks_per_iteration=8
+--config.study.warm_start_tasks_per_env=300 (see README, "Running the study").
 """
 
 from launch.configs import study_small
