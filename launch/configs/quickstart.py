@@ -7,6 +7,8 @@ quickstart uses the `tiny` preset (1.3M params, the project's own BPE tokenizer)
 an SFT warm start on 300 expert demonstrations, then 8 GRPO iterations in the `choose` action mode (the
 policy scores each valid action). Evaluation: 40 held-in test tasks (unseen seeds), greedy.
 On an accelerator use --config.model=smollm2-135m-instruct (or a local HF folder).
+
+Measured on an idle 2-core CPU: 8 min 14 s; held-in success 0.000 (base) -> 0.425 (SFT) -> 0.475 (GRPO).
 """
 
 from launch.configs import study_small
