@@ -19,33 +19,11 @@ from agentgen_jax import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The settings of tests/test_train_resume.py; entropy_coef makes every update move the params (the tiny
-# model never succeeds at TextCraft, so GRPO's advantages are all zero and would leave them unchanged).
-_CONFIG = '''
-from agentgen_jax import trainer
+CONFIG = os.path.join("tests", "train_config_tiny.py")  # relative to REPO, the commands' cwd
 
 
-def get_config():
-  c = trainer.default_config()
-  c.model, c.envs = "tiny", ("textcraft",)
-  c.train_difficulty = "easy"
-  c.pool_size, c.workers = 4, 1
-  c.rollout.mode = "generate"
-  c.rollout.max_turns, c.rollout.max_new_tokens, c.rollout.max_episode_tokens = 2, 8, 768
-  c.iterations, c.tasks_per_iteration, c.group_size = 4, 2, 2
-  c.learner.micro_batch_size, c.learner.mini_batch_size = 2, 4
-  c.learner.lr = 1e-3
-  c.learner.entropy_coef = 0.01
-  c.eval.tasks, c.eval.k, c.eval.difficulty = 2, 1, "easy"
-  return c
-'''
-
-
-def _train_cmd(tmp_path, workdir, *overrides) -> list[str]:
-  config = tmp_path / "fault_config.py"
-  if not config.exists():
-    config.write_text(_CONFIG)
-  return [sys.executable, "-m", "launch.train", f"--config={config}", *overrides, f"--workdir={workdir}"]
+def _train_cmd(workdir, *overrides) -> list[str]:
+  return [sys.executable, "-m", "launch.train", f"--config={CONFIG}", *overrides, f"--workdir={workdir}"]
 
 
 def _run(cmd: list[str], timeout: float = 300, env=None) -> subprocess.CompletedProcess:
@@ -126,13 +104,13 @@ def _kill_9_when(cmd: list[str], env: dict, log, ready, delay: float = 0.0, time
 def test_kill_9_at_random_moments_then_rerun_gives_bit_identical_params(tmp_path):
   env = _shared_compile_cache(tmp_path)
   full = tmp_path / "full"
-  done = _run(_train_cmd(tmp_path, full), env=env)
+  done = _run(_train_cmd(full), env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   expected = _digest(full)
 
   work = tmp_path / "killed"
   ckpt = work / "checkpoints"
-  cmd = _train_cmd(tmp_path, work)
+  cmd = _train_cmd(work)
   # 1: in the middle of saving checkpoint 2 (its orbax tmp folder exists), after 1 was finalised.
   _kill_9_when(cmd, env, tmp_path / "kill1.log", lambda: _has_step(ckpt, 1) and _saving(ckpt))
   assert [s for s in (1, 2) if _has_step(ckpt, s)] == [1]
@@ -157,7 +135,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_p
   workdir = tmp_path / "diverged"
   # lr 1e10: the first update is fine (its metrics are finite, checkpoint 1 is saved) but leaves weights so
   # large that the next forward pass overflows float32 into inf - inf = nan.
-  done = _run(_train_cmd(tmp_path, workdir, "--config.learner.lr=1e10", "--config.iterations=3"))
+  done = _run(_train_cmd(workdir, "--config.learner.lr=1e10", "--config.iterations=3"))
   assert done.returncode != 0
   assert "Traceback" not in done.stderr
   last = done.stderr.strip().splitlines()[-1]

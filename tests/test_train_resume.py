@@ -6,18 +6,12 @@ import os
 import pytest
 
 from agentgen_jax import checkpoint, trainer
+from tests import train_config_tiny
 
 
 def _config(iterations):
-  c = trainer.default_config()
-  c.model, c.envs = "tiny", ("textcraft",)
-  c.train_difficulty = "easy"
-  c.pool_size, c.workers = 4, 1
-  c.rollout.mode = "generate"
-  c.rollout.max_turns, c.rollout.max_new_tokens, c.rollout.max_episode_tokens = 2, 8, 768
-  c.iterations, c.tasks_per_iteration, c.group_size = iterations, 2, 2
-  c.learner.micro_batch_size, c.learner.mini_batch_size = 2, 4
-  c.learner.lr = 1e-3
+  c = train_config_tiny.get_config()
+  c.iterations = iterations
   return c
 
 
