@@ -194,15 +194,19 @@ class Roller:
 
   `timings` accumulates the seconds run() spends in the model ("generate": prefill, decode, candidate
   scoring, waited for), in the EnvPool ("env": reset, step, info) and in the chat template ("tokenize");
-  the rest is host bookkeeping. launch/benchmarks/e2e.py reads it; set it to {} to start over.
+  the rest is host bookkeeping. The parts are exact with `profile=True`, which waits for the device after
+  each model call (launch/benchmarks/e2e.py); without it, training and evaluation never wait for the device
+  where they need not, and device time may count in whichever part next waits for it. Set it to {} to start
+  over.
   """
 
-  def __init__(self, cfg, tokenizer, pool, rollout_cfg: RolloutConfig, mesh=None):
+  def __init__(self, cfg, tokenizer, pool, rollout_cfg: RolloutConfig, mesh=None, profile: bool = False):
     self.cfg = cfg
     self.pool = pool
     self.rcfg = rollout_cfg
     self.chat = ChatFormat(tokenizer, rollout_cfg.system_prompt)
     self.mesh = mesh
+    self.profile = profile
     self.timings: dict[str, float] = {}
 
   # ---- helpers -----------------------------------------------------------------------------------
@@ -214,6 +218,10 @@ class Roller:
       yield
     finally:
       self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
+
+  def _synced(self, x):
+    """x, once the device has computed it when profiling (so the timed part holds its device time)."""
+    return jax.block_until_ready(x) if self.profile else x
 
   def _extend(self, params, ctx, chunks: list[list[int]]):
     t = sampling.bucket(max([len(c) for c in chunks] + [1]))
@@ -256,7 +264,7 @@ class Roller:
     # Slots: every turn uses a bucketed chunk plus the decoded tokens; holes are masked.
     max_len = sampling.bucket(2 * rcfg.max_episode_tokens + 4 * rcfg.max_new_tokens)
     with self._timed("generate"):
-      ctx = jax.block_until_ready(sampling.new_context(self.cfg, len(tasks), max_len))
+      ctx = self._synced(sampling.new_context(self.cfg, len(tasks), max_len))
     while True:
       active = [ep for ep in episodes if not ep.done]
       if not active:
@@ -279,7 +287,7 @@ class Roller:
           ep.add(chunk, agent=False)
           ep.pending = []
       with self._timed("generate"):
-        ctx = jax.block_until_ready(self._extend(params, ctx, chunks))
+        ctx = self._synced(self._extend(params, ctx, chunks))
       rng, sub = jax.random.split(rng)
       if rcfg.mode == "generate":
         ctx, actions = self._generate_turn(params, ctx, episodes, sub)
@@ -324,7 +332,7 @@ class Roller:
                                  max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature,
                                  top_p=rcfg.top_p, eos_ids=self.chat.eos_ids)
       tokens, logprobs, lengths = jax.device_get((gen.tokens, gen.logprobs, gen.lengths))
-      ctx = jax.block_until_ready(ctx)
+      ctx = self._synced(ctx)
     actions: list[str | None] = []
     for row, ep in enumerate(episodes):
       if ep.done:
@@ -376,7 +384,7 @@ class Roller:
       chosen_tokens.append(cand)
       actions.append(names[row][choice])
     with self._timed("generate"):
-      ctx = jax.block_until_ready(self._extend(params, ctx, chosen_tokens))
+      ctx = self._synced(self._extend(params, ctx, chosen_tokens))
     return ctx, actions
 
 

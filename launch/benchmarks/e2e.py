@@ -145,7 +145,7 @@ def measure(s: Setting, warmup: int = 1, timed: int | None = None) -> dict:
   update = learner.make_update(policy.cfg, lcfg, mode=trainer._learner_mode(c.rollout.mode))
   runs, timed = [], s.timed if timed is None else timed
   with tempfile.TemporaryDirectory() as workdir, trainer.make_pool(c, c.envs) as pool:
-    roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, trainer.rollout_config(c))
+    roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, trainer.rollout_config(c), profile=True)
     stream = trainer.TaskStream(pool, c.envs, c.env_weights, c.train_split, c.train_difficulty, c.seed)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=c.max_to_keep)
     for it in range(warmup + timed):
