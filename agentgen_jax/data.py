@@ -37,6 +37,7 @@ def _features():
 def _builder_class():
   """The TFDS builder, defined lazily so that importing agentgen_jax does not import TFDS."""
   import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # TFDS's per-write bars would bury the run's own progress bars
 
   class Episodes(tfds.core.GeneratorBasedBuilder):
     """Episodes of agent-environment interaction (rollouts or expert demonstrations)."""
@@ -90,11 +91,10 @@ def write_episodes(records: Iterable[dict[str, Any]], folder: str, split: str = 
   """
   records = [normalize_record(r) for r in records]
   os.makedirs(folder, exist_ok=True)
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()  # TFDS's per-write bars and prints would bury the run's own progress bars
   # A new TFDS builder mkdtemp()s a folder for metadata from its (disabled) GCS bucket and never removes it:
   # point tempfile at a scratch folder of ours for the duration, so that no run litters the temp folder.
   saved = tempfile.tempdir
+  # Its 'downloaded and prepared' line is a print: kept off stdout.
   with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
     tempfile.tempdir = scratch
     try:
