@@ -84,6 +84,9 @@ class TextEnv(abc.ABC):
 
   def __init__(self) -> None:
     self._last: Observation | None = None
+    # The last observation that was not invalid-action feedback: what the next feedback is prefixed to, so
+    # that repeated invalid actions show one feedback line each time instead of stacking them up.
+    self._before_feedback: Observation | None = None
     self._done = True
     self._task: str | None = None
 
@@ -127,7 +130,7 @@ class TextEnv(abc.ABC):
 
   def reset(self, task: str) -> Observation:
     self._task = task
-    self._last = self._reset(task)
+    self._last = self._before_feedback = self._reset(task)
     self._done = False
     return self._last
 
@@ -139,6 +142,8 @@ class TextEnv(abc.ABC):
       return self.invalid_step("The episode is over; no further actions are accepted.", done=True)
     step = self._step(action)
     self._last = step.observation
+    if not step.info.get("invalid"):
+      self._before_feedback = step.observation
     self._done = step.done
     return step
 
@@ -151,8 +156,8 @@ class TextEnv(abc.ABC):
     return self.step(action)
 
   def invalid_step(self, feedback: str, done: bool = False) -> Step:
-    """A step that changed nothing: feedback first, then the last observation again."""
-    last = self._last or Observation("")
+    """A step that changed nothing: feedback first, then the last observation that was not feedback."""
+    last = self._before_feedback or Observation("")
     text = feedback if not last.text else f"{feedback}\n{last.text}"
     return Step(Observation(text, last.valid_actions), 0.0, done or self._done, False, 0.0,
                 {"invalid": True})

@@ -113,7 +113,8 @@ class JavaTextEnv(TextEnv):
     self._forget_simulator()
 
   def __getstate__(self) -> dict:
-    state = dict(self.__dict__, _java=None, _server=None, _last=None, _done=True, _task=None)
+    state = dict(self.__dict__, _java=None, _server=None, _last=None, _before_feedback=None, _done=True,
+                 _task=None)
     state.update({attribute: None for attribute in self.simulator_state})
     state.pop("_finalizer", None)
     return state
