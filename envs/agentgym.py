@@ -1,5 +1,6 @@
 """AgentGym's HTTP env-server protocol: a TextEnv client for AgentGym-compatible servers (`make_client`) and
-a server exposing any of our envs over the same protocol (`serve`; `python -m envs.agentgym --env=NAME`)."""
+a server exposing any of our envs over the same protocol (`serve`; `python -m envs.agentgym --env=NAME`,
+in envs/agentgym_server.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import dataclasses
 import http.client
 import json
 import socket
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import envs
 from envs.base import Observation, Step, TextEnv, parse_react
 
 SERVER_NAME = "agentgen_jax"
@@ -28,7 +26,8 @@ class Dialect:
   id_key: the body/query field naming the env instance.  index_key: the /reset field naming the task.
   create_returns: "dict" ({"id": n}) or "int" (a bare n).  reset_returns: "dict" (with "observation"),
   "str" (the observation) or "pair" ([observation, null]).  observation_key: of /step responses.
-  score_key, score_scale: the /step field read as the score in [0, 1].  success: "full_score" (score
+  score_key, score_scale: the /step field read as the score; score_scale maps it (and the reward) to [0, 1]
+  (ScienceWorld's servers count points out of 100).  success: "full_score" (score
   reaches 1) or "done_positive" (done with reward > 0).  parser: "react" or "tags" (Search-R1).
   """
 
@@ -76,6 +75,16 @@ def _one_line(text: Any, limit: int = 300) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _error_text(error: urllib.error.HTTPError) -> str:
+  """The {"error": ...} message of an error response (AgentGym's body shape), else its raw text."""
+  text = error.read().decode("utf-8", "replace")
+  try:
+    body = json.loads(text)
+  except json.JSONDecodeError:
+    body = None
+  return _one_line(body["error"] if isinstance(body, dict) and "error" in body else text, 200)
+
+
 # ---- the client ---------------------------------------------------------------------------------------
 
 class AgentGymEnv(TextEnv):
@@ -118,9 +127,8 @@ class AgentGymEnv(TextEnv):
         if e.code in (502, 503, 504) and attempt < self.retries:
           time.sleep(self.backoff * 2 ** attempt)
           continue
-        detail = _one_line(e.read().decode("utf-8", "replace"), 200)
         raise AgentGymError(
-            f"AgentGym server {self.url}: {method} /{path} -> HTTP {e.code} {detail}") from None
+            f"AgentGym server {self.url}: {method} /{path} -> HTTP {e.code}: {_error_text(e)}") from None
       except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout,
               http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
@@ -241,7 +249,7 @@ class AgentGymEnv(TextEnv):
       return Step(Observation(str(e)), 0.0, True, False, 0.0, {"invalid": False, "env_error": str(e)})
     d = self.dialect
     text = response.get(d.observation_key, response.get("observation", response.get("state", "")))
-    reward = float(response.get("reward") or 0.0)
+    reward = float(response.get("reward") or 0.0) * d.score_scale
     score = min(1.0, max(0.0, float(response.get(d.score_key) or 0.0) * d.score_scale))
     done = bool(response.get("done", False))
     if "success" in response:
@@ -267,223 +275,17 @@ def make_client(url: str, env_name: str, **kwargs) -> AgentGymEnv:
   return AgentGymEnv(url, env_name, **kwargs)
 
 
-# ---- the server ---------------------------------------------------------------------------------------
+# ---- the server (envs/agentgym_server.py) ------------------------------------------------------------
 
-class _Handler(BaseHTTPRequestHandler):
-  server: EnvServer
-  protocol_version = "HTTP/1.1"
-
-  def log_message(self, format, *args):  # noqa: A002 (the base class's signature)
-    if self.server.verbose:
-      super().log_message(format, *args)
-
-  def _reply(self, payload: Any, code: int = 200) -> None:
-    data = json.dumps(payload).encode()
-    self.send_response(code)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
-
-  def _handle(self, method: str) -> None:
-    parsed = urllib.parse.urlsplit(self.path)
-    args = {k: v[0] for k, v in urllib.parse.parse_qs(parsed.query).items()}
-    if method == "POST":
-      length = int(self.headers.get("Content-Length") or 0)
-      try:
-        body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-      except json.JSONDecodeError as e:
-        return self._reply({"error": f"request body is not JSON ({e})"}, 400)
-      args.update(body if isinstance(body, dict) else {})
-    route = self.server.routes.get((method, parsed.path.rstrip("/") or "/"))
-    if route is None:
-      known = ", ".join(f"{m} {p}" for m, p in sorted(self.server.routes))
-      return self._reply({"error": f"no route {method} {parsed.path}; routes: {known}"}, 404)
-    try:
-      payload = route(args)
-    except Exception as e:  # noqa: BLE001 (AgentGym servers answer errors as {"error": ...} with 200)
-      payload = {"error": _one_line(f"{type(e).__name__}: {e}")}
-    try:
-      self._reply(payload)
-    except (BrokenPipeError, ConnectionResetError):
-      pass  # the client gave up (timeout) while the env was working; nothing left to tell it
-
-  def do_GET(self):  # noqa: N802
-    self._handle("GET")
-
-  def do_POST(self):  # noqa: N802
-    self._handle("POST")
-
-
-class EnvServer(ThreadingHTTPServer):
-  """One of our envs behind AgentGym's protocol, in `env_name`'s dialect; one env instance per /create.
-
-  Extensions our client uses: GET /tasks?split=&difficulty=, /instruction, /expert?task=, /detail?id=,
-  and a "task" field in /reset naming our task id. A /reset data index i names task i of
-  tasks("test") + tasks("train").
-  """
-
-  daemon_threads = True
-  allow_reuse_address = True
-
-  def __init__(self, address: tuple[str, int], env_name: str, env_kwargs: dict, verbose: bool = False,
-               dialect: Dialect | None = None):
-    self.env_name, self.env_kwargs, self.verbose = env_name, env_kwargs, verbose
-    self.dialect = dialect or dialect_of(env_name)
-    self.instances: dict[int, tuple[TextEnv, threading.Lock]] = {}
-    self._lock = threading.Lock()
-    self._next_id = 0
-    self._probe = envs.make(env_name, **env_kwargs)  # fails fast on a bad name or kwargs; answers lookups
-    self._probe_lock = threading.Lock()
-    self._index: list[str] | None = None
-    self.routes = {
-        ("GET", "/"): self.hello, ("POST", "/create"): self.create, ("POST", "/reset"): self.reset,
-        ("POST", "/step"): self.step, ("GET", "/observation"): self.observation,
-        ("GET", "/available_actions"): self.available_actions, ("POST", "/close"): self.close_instance,
-        ("GET", "/tasks"): self.tasks, ("GET", "/instruction"): lambda a: self._probe.instruction,
-        ("GET", "/expert"): self.expert, ("GET", "/detail"): self.detail,
-    }
-    super().__init__(address, _Handler)
-
-  @property
-  def url(self) -> str:
-    host, port = self.server_address[:2]
-    return f"http://{host}:{port}"
-
-  def _instance(self, args: dict) -> tuple[TextEnv, threading.Lock]:
-    key = self.dialect.id_key
-    other = "env_idx" if key == "id" else "id"
-    # Accept the other spelling too, unless this dialect uses it for the task (searchqa's reset "id").
-    value = args.get(key, args.get(other) if other != self.dialect.index_key else None)
-    try:
-      return self.instances[int(value)]
-    except (KeyError, TypeError, ValueError):
-      raise KeyError(f"unknown env instance {key}={value!r}; known: {sorted(self.instances)}") from None
-
-  def _task_of(self, args: dict) -> str:
-    if args.get("task") is not None:
-      return str(args["task"])
-    with self._probe_lock:
-      if self._index is None:
-        self._index = self._probe.tasks("test") + self._probe.tasks("train")
-    index = int(args.get(self.dialect.index_key) or 0)
-    if not 0 <= index < len(self._index):
-      raise IndexError(f"{self.dialect.index_key}={index} out of range [0, {len(self._index)})")
-    return self._index[index]
-
-  # ---- routes: each takes the merged query/body args and returns the JSON payload ----
-
-  def hello(self, args):
-    return {"server": SERVER_NAME, "env": self.env_name, "protocol": "agentgym",
-            "instances": len(self.instances)}
-
-  def create(self, args):
-    env = envs.make(self.env_name, **self.env_kwargs)
-    with self._lock:
-      env_id = self._next_id
-      self._next_id += 1
-      self.instances[env_id] = (env, threading.Lock())
-    return env_id if self.dialect.create_returns == "int" else {"id": env_id, "observation": "",
-                                                                "reward": 0.0, "done": False}
-
-  def reset(self, args):
-    env, lock = self._instance(args)
-    task = self._task_of(args)
-    with lock:
-      obs = env.reset(task)
-    if self.dialect.reset_returns == "str":
-      return obs.text
-    if self.dialect.reset_returns == "pair":
-      return [obs.text, None]
-    return {"id": self._instance_id(args), "observation": obs.text, "available_actions": obs.valid_actions,
-            "reward": 0.0, "score": 0.0, "done": False, "task": task, "task_description": ""}
-
-  def _instance_id(self, args):
-    return args.get(self.dialect.id_key)
-
-  def step(self, args):
-    env, lock = self._instance(args)
-    action = str(args.get("action", ""))
-    with lock:
-      step = env.act(action) if args.get("parse") else env.step(action)
-    text = step.observation.text
-    return {"observation": text, "state": text, "reward": step.reward, "score": step.score,
-            "done": step.done, "success": step.success, "invalid": bool(step.info.get("invalid")),
-            "available_actions": step.observation.valid_actions, "info": step.info}
-
-  def observation(self, args):
-    env, lock = self._instance(args)
-    with lock:
-      last = env.last_observation
-    return last.text if last is not None else ""
-
-  def available_actions(self, args):
-    env, lock = self._instance(args)
-    with lock:
-      last = env.last_observation
-    actions = (last.valid_actions if last is not None else None) or []
-    if self.dialect.observation_key == "state":  # webshop's shape
-      return {"has_search_bar": any(a.startswith("search[") for a in actions),
-              "clickables": [a[6:-1] for a in actions if a.startswith("click[")]}
-    return actions
-
-  def close_instance(self, args):
-    env, lock = self._instance(args)
-    with self._lock:
-      self.instances = {k: v for k, v in self.instances.items() if v[0] is not env}
-    with lock:
-      env.close()
-    return {"closed": True}
-
-  def tasks(self, args):
-    with self._probe_lock:
-      return self._probe.tasks(args.get("split", "test"), args.get("difficulty", "all"))
-
-  def expert(self, args):
-    with self._probe_lock:
-      return self._probe.expert(str(args["task"]))
-
-  def detail(self, args):
-    env, lock = self._instance(args)
-    with lock:
-      last = env.last_observation
-      return {"task": env.task, "env": self.env_name, "observation": last.text if last else "",
-              "available_actions": last.valid_actions if last else None}
-
-  def close(self) -> None:
-    """Stops serving and closes every env instance."""
-    self.shutdown()
-    self.server_close()
-    for env, _ in list(self.instances.values()) + [(self._probe, None)]:
-      env.close()
-    self.instances = {}
-
-
-def serve(env_name: str, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
-          dialect: Dialect | None = None, **env_kwargs) -> EnvServer:
-  """Starts serving `env_name` (created with env_kwargs) on a background thread; returns the server
-  (`.url`, `.close()`). port=0 picks a free port; dialect defaults to AgentGym's for `env_name`."""
-  server = EnvServer((host, port), env_name, env_kwargs, verbose=verbose, dialect=dialect)
-  threading.Thread(target=server.serve_forever, name=f"agentgym-{env_name}", daemon=True).start()
-  return server
+def serve(env_name: str, **kwargs):
+  """Starts an AgentGym-protocol server for `env_name` on a background thread (see agentgym_server.serve)."""
+  from envs import agentgym_server
+  return agentgym_server.serve(env_name, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
-  import argparse
-
-  parser = argparse.ArgumentParser(description="Serve one of our envs over AgentGym's HTTP protocol.")
-  parser.add_argument("--env", required=True, help=f"env name: {', '.join(envs.names())}")
-  parser.add_argument("--host", default="127.0.0.1")
-  parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-  parser.add_argument("--kwargs", default="{}", help='env constructor kwargs as JSON, e.g. \'{"top_k": 5}\'')
-  parser.add_argument("--verbose", action="store_true", help="log every request")
-  flags = parser.parse_args(argv)
-  server = serve(flags.env, flags.host, flags.port, verbose=flags.verbose, **json.loads(flags.kwargs))
-  print(f"serving {flags.env} at {server.url}", flush=True)
-  try:
-    threading.Event().wait()
-  except KeyboardInterrupt:
-    server.close()
+  from envs import agentgym_server
+  agentgym_server.main(argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,16 @@ LEVELS = {
     "easy": ("GoToObj", "GoToLocal", "PickupLoc", "GoToRedBallGrey", "OpenDoor"),
     "hard": ("GoTo", "Pickup", "GoToSeq", "Open", "SynthLoc"),
 }
+# AgentGym's BabyAI server numbers its tasks over these 40 levels: data index i is level i % 40 (its
+# all_levels[i % 40 + 1]) reset with seed i // 40. GoToObjS6 is registered as v1 by today's minigrid.
+AGENTGYM_LEVELS = (
+    "GoToRedBallGrey", "GoToRedBall", "GoToRedBallNoDists", "GoToObjS6-v1", "GoToLocalS8N7", "GoToObjMazeS7",
+    "GoToImpUnlock", "GoToSeqS5R2", "GoToRedBlueBall", "GoToDoor", "GoToObjDoor", "Open", "OpenRedDoor",
+    "OpenDoorLoc", "OpenRedBlueDoorsDebug", "OpenDoorsOrderN4Debug", "Pickup", "UnblockPickup", "PickupLoc",
+    "PickupDistDebug", "PickupAbove", "PutNextLocalS6N4", "PutNextS7N4Carrying", "Unlock", "UnlockLocalDist",
+    "KeyInBox", "UnlockPickupDist", "BlockedUnlockPickup", "UnlockToUnlock", "ActionObjDoor", "FindObjS7",
+    "KeyCorridorS6R3", "OneRoomS20", "MoveTwoAcrossS8N9", "SynthS5R2", "SynthLoc", "SynthSeq",
+    "MiniBossLevel", "BossLevel", "BossLevelNoUnlock")
 _SEEDS = {"train": (0, 100_000), "test": (1_000_000, 1_000_000 + 20)}  # [start, stop) per level
 _TRAIN_LISTED = 200  # train seeds per level that tasks() lists (any seed in the range is a valid task)
 
@@ -53,7 +63,7 @@ class _Episode:
   def __init__(self, level: str, seed: int, track: bool = True):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      self.gym_env = gym.make(f"BabyAI-{level}-v0")
+      self.gym_env = gym.make(f"BabyAI-{level}" + ("" if "-v" in level else "-v0"))
     self.env = self.gym_env.unwrapped
     self.track = track  # keep the seen-cell mask (off for the bot's own run, which needs none)
     # Level generation prints its rejected samples; they are not ours to show.
@@ -239,11 +249,18 @@ class _Episode:
     return int(self.env.agent_pos[0]), int(self.env.agent_pos[1]), int(self.env.agent_dir)
 
 
+def agentgym_task(index: int) -> str:
+  """Our task id for data index `index` of AgentGym's BabyAI server (a train seed: AgentGym's seeds are
+  small numbers, which our split puts in train)."""
+  return f"{AGENTGYM_LEVELS[index % len(AGENTGYM_LEVELS)]}/{index // len(AGENTGYM_LEVELS)}"
+
+
 def _parse_task(task: str) -> tuple[str, int]:
   level, _, seed = str(task).partition("/")
   known = LEVELS["easy"] + LEVELS["hard"]
-  if level not in known or not seed.isdigit():
-    raise ValueError(f"bad babyai task {task!r}; valid: '<level>/<seed>' with level in {', '.join(known)}")
+  if level not in known + AGENTGYM_LEVELS or not seed.isdigit():
+    raise ValueError(f"bad babyai task {task!r}; valid: '<level>/<seed>' with level in {', '.join(known)} "
+                     "(or one of AgentGym's levels, envs.babyai.AGENTGYM_LEVELS)")
   return level, int(seed)
 
 

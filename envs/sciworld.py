@@ -28,6 +28,8 @@ UNKNOWN_ACTION = "No known action matches that input."
 MAX_ACTION_CHARS = 300
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+# The task ids that AgentGym's ScienceWorld server leaves out of its data-index numbering.
+AGENTGYM_EXCLUDED = ("5-1", "5-2", "9-1", "9-2", "9-3", "10-1", "10-2")
 # The package's variation splits, per process: {"train"|"test": {task_name: [variation, ...]}}.
 _SPLITS: dict[str, dict[str, list[int]]] = {}
 
@@ -157,6 +159,15 @@ class ScienceWorldEnv(JavaTextEnv):
     groups = [[f"{name}/{v}" for v in variations] for name, variations in sorted(by_name.items())
               if difficulty in ("all", difficulty_of(name))]
     return _interleave(groups)
+
+  def agentgym_tasks(self) -> list[str]:
+    """Our task ids in the order of AgentGym's ScienceWorld server: data index i is item i of its list of
+    (task, variation) over the package's task ids (tasks.json order) minus the seven it excludes, each task
+    with all its variations (train, dev and test alike)."""
+    from scienceworld.constants import ID2TASK
+    sim = self._sim()
+    return [f"{name}/{v}" for key, name in ID2TASK.items() if key not in AGENTGYM_EXCLUDED
+            for v in range(int(sim.getTaskMaxVariations(name)))]
 
   def _load(self, task: str, gold: bool = False) -> str:
     name, variation = parse_task(task)

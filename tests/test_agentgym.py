@@ -35,6 +35,14 @@ def _call(url, path, body=None, method=None):
     return json.loads(response.read())
 
 
+def _status(url, path, body=None):
+  """(HTTP status, JSON body) of a request that may fail."""
+  try:
+    return 200, _call(url, path, body)
+  except urllib.error.HTTPError as e:
+    return e.code, json.loads(e.read())
+
+
 def _run_expert(client, task):
   obs = client.reset(task)
   step = None
@@ -165,7 +173,8 @@ def test_agentgym_searchqa_client_sequence(searchqa_server):
   assert step["observation"].startswith("<information>")
   assert _call(url, f"observation?env_idx={env_idx}") == step["observation"]
   assert _call(url, "close", {"env_idx": env_idx}) == {"closed": True}
-  assert "error" in _call(url, "step", {"env_idx": env_idx, "action": "<search>x</search>"})
+  status, body = _status(url, "step", {"env_idx": env_idx, "action": "<search>x</search>"})
+  assert status == 404 and "unknown env instance" in body["error"]
 
 
 def test_agentgym_babyai_and_webshop_client_sequences():
@@ -195,11 +204,11 @@ def test_agentgym_babyai_and_webshop_client_sequences():
 
 def test_server_errors_are_one_line_json(searchqa_server):
   url = searchqa_server.url
-  unknown = _call(url, "step", {"env_idx": 12345, "action": "<search>x</search>"})
-  assert "unknown env instance env_idx=12345" in unknown["error"] and "\n" not in unknown["error"]
-  with pytest.raises(urllib.error.HTTPError) as e:
-    _call(url, "nowhere")
-  assert e.value.code == 404 and "routes:" in json.loads(e.value.read())["error"]
+  status, unknown = _status(url, "step", {"env_idx": 12345, "action": "<search>x</search>"})
+  assert status == 404 and "unknown env instance env_idx=12345" in unknown["error"]
+  assert "\n" not in unknown["error"]
+  status, body = _status(url, "nowhere")
+  assert status == 404 and "routes:" in body["error"]
   with pytest.raises(ValueError, match="unknown env 'nope'"):
     serve("nope")
 
