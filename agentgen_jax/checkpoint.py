@@ -2,16 +2,34 @@
 position) with orbax: atomic saves (written to a temporary folder, then renamed), `max_to_keep` kept.
 
 The state is any pytree of arrays; the metadata is a JSON dict (stage names, sampler positions, metrics).
+Every save also writes a manifest (size and CRC-32 of each file of the step); a restore checks it and falls
+back to the newest step that verifies and restores, with a warning naming each bad one (a partial copy, a
+bad disk): a run resumes from the checkpoint before the damaged one instead of dying in a TensorStore error.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+import time
+import warnings
+import zlib
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+MANIFEST = "agentgen_manifest.json"
+_CHUNK = 1 << 22
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint (of those asked for) verifies and restores; the one-line message names each and why."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+  """A damaged checkpoint step was skipped (the restore fell back to an older one)."""
 
 
 def _to_savable(tree):
@@ -27,23 +45,90 @@ def _restore_keys(restored, like):
   return jax.tree.map(lambda r, t: jax.random.wrap_key_data(r) if _is_typed_key(t) else r, restored, like)
 
 
+# ---- the manifest: what a step's files were when they were written --------------------------------------
+
+def _crc32(path: str) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
+def _files(step_dir: str) -> list[str]:
+  out = []
+  for root, _, names in os.walk(step_dir):
+    out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names]
+  return sorted(f for f in out if f != MANIFEST)
+
+
+def write_manifest(step_dir: str) -> None:
+  """Records {file: [size, crc32]} of every file under step_dir (atomically: a tmp file renamed)."""
+  files = {f: [os.path.getsize(os.path.join(step_dir, f)), _crc32(os.path.join(step_dir, f))]
+           for f in _files(step_dir)}
+  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({"version": 1, "files": files}, f)
+  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def verify_manifest(step_dir: str) -> str | None:
+  """Why step_dir differs from its manifest (a file missing, truncated or changed), or None when it matches.
+
+  A step without a manifest (written before manifests existed, or killed between the commit and the
+  manifest) passes: the restore itself is then the check.
+  """
+  path = os.path.join(step_dir, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      files = json.load(f)["files"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f"unreadable {MANIFEST} ({type(e).__name__})"
+  for name, (size, crc) in sorted(files.items()):
+    full = os.path.join(step_dir, name)
+    if not os.path.exists(full):
+      return f"{name} is missing"
+    actual = os.path.getsize(full)
+    if actual != size:
+      return f"{name} has {actual} bytes, {size} were written"
+    if _crc32(full) != crc:
+      return f"{name} changed since it was written (CRC-32 mismatch)"
+  return None
+
+
+def _one_line(text: Any, limit: int = 200) -> str:
+  text = " ".join(str(text).split())
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Checkpointer:
   """Saves and restores (state pytree, metadata dict) by step under `directory`."""
 
   def __init__(self, directory: str, max_to_keep: int | None = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     # A run killed mid-save leaves a `<step>.orbax-checkpoint-tmp-*` folder: never restored, removed by the
     # next writer. A reader (read_only) leaves it alone: it may be the save of a run still going.
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-                                           cleanup_tmp_directories=not read_only)
+    # (A reader's own save_interval_steps=0 and max_to_keep=None: orbax warns when it has to set them.)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else max_to_keep, save_interval_steps=0 if read_only else 1,
+        create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Writes checkpoint `step` and waits for it: a kill after this returns cannot lose it."""
+    """Writes checkpoint `step` and its manifest and waits for both: a kill after this returns cannot
+    lose it."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(_to_savable(state)),
                               meta=ocp.args.JsonSave(meta))
     self._manager.save(step, args=args, force=True)
     self._manager.wait_until_finished()
+    if jax.process_index() == 0 and os.path.isdir(self.step_dir(step)):
+      write_manifest(self.step_dir(step))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -52,31 +137,52 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores into the structure, shapes, dtypes and shardings of `like` (latest step by default)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    savable = _to_savable(like)
-    abstract = jax.tree.map(_abstract, savable)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    """Restores into the structure, shapes, dtypes and shardings of `like`: step `step`, or by default the
+    newest step that verifies and restores (see `_newest_good`)."""
+    abstract = jax.tree.map(_abstract, _to_savable(like))
+    restored = self._newest_good(step, lambda s: self._manager.restore(s, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())))
     return _restore_keys(restored.state, like), dict(restored.meta)
 
   def restore_meta(self, step: int | None = None) -> dict[str, Any]:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    restored = self._newest_good(step, lambda s: self._manager.restore(
+        s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())))
     return dict(restored.meta)
 
   def restore_raw(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores without a target structure (as saved: nested dicts of numpy arrays)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    restored = self._newest_good(step, lambda s: self._manager.restore(s, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())))
     return restored.state, dict(restored.meta)
+
+  def _newest_good(self, step: int | None, read: Callable[[int], Any]) -> Any:
+    """read(s) for the given step, or for the newest step whose files match their manifest and whose
+    restore succeeds. Each bad step is named in a CorruptCheckpointWarning and, when this Checkpointer may
+    write, moved aside to `<step>.corrupt-<time>` (so that training can save that step again); no good step
+    is a one-line CheckpointError naming every step tried and what was wrong with it."""
+    steps = self.all_steps() if step is None else [step]
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    failures = []
+    for s in sorted(steps, reverse=True):
+      why = verify_manifest(self.step_dir(s))
+      if why is None:
+        try:
+          return read(s)
+        except Exception as e:  # noqa: BLE001 (orbax and TensorStore raise many types for damaged files)
+          why = f"restore failed: {type(e).__name__}: {_one_line(e)}"
+      failures.append(f"step {s} ({why})")
+      if step is None:
+        warnings.warn(f"checkpoint step {s} in {self.directory} is damaged, skipped: {why}",
+                      CorruptCheckpointWarning, stacklevel=3)
+        self._set_aside(s)
+    raise CheckpointError(f"no good checkpoint in {self.directory}: {'; '.join(failures)}")
+
+  def _set_aside(self, step: int) -> None:
+    if self.read_only or jax.process_index() != 0:
+      return
+    os.rename(self.step_dir(step), f"{self.step_dir(step)}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()

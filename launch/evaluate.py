@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
-from launch import cli
+from launch import cli, validate
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training workdir, HF folder, .gguf or model name")
 _ENVS = flags.DEFINE_list("envs", None, "environments to evaluate on")
@@ -62,13 +63,16 @@ def main(argv):
   unknown = [e for e in _ENVS.value if e not in envs.names()]
   if unknown:
     raise app.UsageError(f"unknown envs {unknown}; known envs: {', '.join(envs.names())}")
-  from agentgen_jax import trainer
+  validate.or_exit(validate.evaluate, _CHECKPOINT.value, _WORKDIR.value)  # before anything is written
+  from agentgen_jax import checkpoint, trainer
   from agentgen_jax.study import failures, report
   config = trainer.default_config()
   try:
     config, params = load_checkpoint(_CHECKPOINT.value, config)
   except FileNotFoundError as e:  # the message names what --checkpoint may be
     raise app.UsageError(str(e)) from None
+  except checkpoint.CheckpointError as e:  # every step damaged: the one line names each and why
+    sys.exit(f"FATAL: --checkpoint={_CHECKPOINT.value}: {e}")
   if _MODE.value:
     config.rollout.mode = _MODE.value
   config.rollout.max_turns = _MAX_TURNS.value

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import cli
+from launch import cli, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py study config",
                                           lock_config=False)
@@ -28,12 +28,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import parallel, trainer
+  from agentgen_jax import checkpoint, parallel, trainer
   from agentgen_jax.study import protocols
   parallel.initialize_distributed()
   try:
     config = protocols.study_config(_CONFIG.value)
     trainer.check_config(config)
+    validate.or_exit(validate.train, config, _WORKDIR.value)  # before anything is written
     study = protocols.Study(config, _WORKDIR.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
@@ -47,6 +48,8 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
+    sys.exit(f"study stopped: {e}")
+  except checkpoint.CheckpointError as e:  # every checkpoint of a stage is damaged; the message names each
     sys.exit(f"study stopped: {e}")
   print(json.dumps({k: results["metrics"].get(k) for k in ("bwt", "fwt", "forgetting")
                     if k in results["metrics"]}, indent=1))

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import cli
+from launch import cli, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where results, checkpoints and logs go")
@@ -24,16 +24,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import parallel, trainer
+  from agentgen_jax import checkpoint, parallel, trainer
   parallel.initialize_distributed()
   config = _CONFIG.value
   try:
     trainer.check_config(config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  validate.or_exit(validate.train, config, _WORKDIR.value)  # before anything is written
   try:
     results = trainer.run(config, _WORKDIR.value)
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
+    sys.exit(f"training stopped: {e}")
+  except checkpoint.CheckpointError as e:  # every checkpoint of the run is damaged; the message names each
     sys.exit(f"training stopped: {e}")
   summary = [{k: e[k] for k in ("stage", "env", "avg_success", "avg_score", "pass_at_k")}
              for e in results["evals"]]
