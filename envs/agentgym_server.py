@@ -152,8 +152,9 @@ class EnvServer(ThreadingHTTPServer):
                dialect: Dialect | None = None, threads: int = 32, backlog: int = 128,
                read_timeout: float = 30.0, max_body_bytes: int = 8 << 20, agentgym_task_ids: bool = False):
     if agentgym_task_ids and env_name not in AGENTGYM_NUMBERING:
-      raise ValueError(f"agentgym_task_ids: AgentGym numbers {env_name!r} tasks as we do (or by data files "
-                       f"we do not ship); the option applies to {', '.join(AGENTGYM_NUMBERING)}")
+      known = ", ".join(AGENTGYM_NUMBERING)
+      raise ValueError(f"agentgym_task_ids: no AgentGym numbering for {env_name!r} (its indices name items "
+                       f"of AgentGym's own data files); the option applies to {known}")
     if threads < 1 or backlog < 1 or read_timeout <= 0 or max_body_bytes < 1:
       raise ValueError(f"threads={threads}, backlog={backlog}, read_timeout={read_timeout}, "
                        f"max_body_bytes={max_body_bytes}: each must be positive")
