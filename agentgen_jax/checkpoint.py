@@ -179,9 +179,12 @@ class Checkpointer:
     raise CheckpointError(f"no good checkpoint in {self.directory}: {'; '.join(failures)}")
 
   def _set_aside(self, step: int) -> None:
-    if self.read_only or jax.process_index() != 0:
+    if self.read_only:
       return
-    os.rename(self.step_dir(step), f"{self.step_dir(step)}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+      os.rename(self.step_dir(step), f"{self.step_dir(step)}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_count() > 1:  # every process sees the step gone before any lists its steps again
+      ocp.multihost.sync_global_processes(f"agentgen_set_aside_{step}")
     self._manager.reload()
 
   def close(self) -> None:
