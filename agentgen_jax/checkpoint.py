@@ -9,6 +9,7 @@ bad disk): a run resumes from the checkpoint before the damaged one instead of d
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import time
@@ -62,10 +63,17 @@ def _files(step_dir: str) -> list[str]:
   return sorted(f for f in out if f != MANIFEST)
 
 
+def _crc32s(paths: list[str]) -> list[int]:
+  # zlib releases the GIL on large buffers: files are checksummed in parallel (~0.8 GB/s per core).
+  with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+    return list(pool.map(_crc32, paths))
+
+
 def write_manifest(step_dir: str) -> None:
   """Records {file: [size, crc32]} of every file under step_dir (atomically: a tmp file renamed)."""
-  files = {f: [os.path.getsize(os.path.join(step_dir, f)), _crc32(os.path.join(step_dir, f))]
-           for f in _files(step_dir)}
+  names = _files(step_dir)
+  paths = [os.path.join(step_dir, f) for f in names]
+  files = {f: [os.path.getsize(p), crc] for f, p, crc in zip(names, paths, _crc32s(paths))}
   tmp = os.path.join(step_dir, MANIFEST + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump({"version": 1, "files": files}, f)
@@ -86,14 +94,17 @@ def verify_manifest(step_dir: str) -> str | None:
       files = json.load(f)["files"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     return f"unreadable {MANIFEST} ({type(e).__name__})"
-  for name, (size, crc) in sorted(files.items()):
+  names = sorted(files)
+  for name in names:  # the cheap checks first: a missing or truncated file needs no checksum
     full = os.path.join(step_dir, name)
     if not os.path.exists(full):
       return f"{name} is missing"
-    actual = os.path.getsize(full)
+    actual, size = os.path.getsize(full), files[name][0]
     if actual != size:
       return f"{name} has {actual} bytes, {size} were written"
-    if _crc32(full) != crc:
+  crcs = _crc32s([os.path.join(step_dir, name) for name in names])
+  for name, crc in zip(names, crcs):
+    if crc != files[name][1]:
       return f"{name} changed since it was written (CRC-32 mismatch)"
   return None
 

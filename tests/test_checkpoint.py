@@ -127,6 +127,14 @@ def test_a_step_without_manifest_is_checked_by_the_restore_itself(tmp_path):
   assert meta == {"step": 2}
 
 
+def test_a_damaged_manifest_makes_its_step_bad(tmp_path):
+  _three_steps(tmp_path / "c")
+  (tmp_path / "c" / "3" / MANIFEST).write_text('{"files": ')
+  with pytest.warns(CorruptCheckpointWarning, match=f"unreadable {MANIFEST}"):
+    _, meta = Checkpointer(str(tmp_path / "c"), read_only=True).restore(_state(0))
+  assert meta == {"step": 2}
+
+
 def test_every_step_damaged_is_a_one_line_error_naming_each(tmp_path):
   _three_steps(tmp_path / "c")
   for step, damage in zip((1, 2, 3), (_truncate, _overwrite, _delete)):
