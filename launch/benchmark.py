@@ -14,6 +14,8 @@ import platform
 
 from absl import app, flags
 
+from launch import validate
+
 SUITES = ("model", "envs", "e2e")
 _SUITES = flags.DEFINE_list("suites", list(SUITES), f"which benchmarks to run, of {SUITES}")
 _OUT = flags.DEFINE_string("out", "docs", "folder for BENCHMARKS.md and benchmarks.json")
@@ -80,6 +82,7 @@ def main(argv):
   unknown = [s for s in _SUITES.value if s not in SUITES]
   if unknown:
     raise app.UsageError(f"unknown suites {unknown}; valid: {', '.join(SUITES)}")
+  validate.or_exit(validate.workdir, _OUT.value, "--out")  # before minutes of benchmarks, not after
   info = machine()
   info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   rows = []

@@ -70,6 +70,14 @@ def test_workdir_that_is_a_file_fails_in_one_line_and_is_left_alone(tmp_path):
   assert file.read_text() == "keep"
 
 
+def test_benchmark_output_that_is_a_file_fails_before_benchmarking(tmp_path):
+  file = tmp_path / "docs"
+  file.write_text("keep")
+  line = _fails_in_one_line([sys.executable, "-m", "launch.benchmark", "--quick", f"--out={file}"])
+  assert line == f"FATAL: --out={file}: a file, not a folder; accepted: a folder (made if missing)"
+  assert file.read_text() == "keep"
+
+
 def test_missing_data_folder_fails_in_one_line(tmp_path):
   config = tmp_path / "config.py"
   config.write_text("from tests import train_config_tiny\n\n\ndef get_config():\n"
