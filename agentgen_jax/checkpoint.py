@@ -167,10 +167,15 @@ class Checkpointer:
     return restored.state, dict(restored.meta)
 
   def _newest_good(self, step: int | None, read: Callable[[int], Any]) -> Any:
-    """read(s) for the given step, or for the newest step whose files match their manifest and whose
-    restore succeeds. Each bad step is named in a CorruptCheckpointWarning and, when this Checkpointer may
-    write, moved aside to `<step>.corrupt-<time>` (so that training can save that step again); no good step
-    is a one-line CheckpointError naming every step tried and what was wrong with it."""
+    """read(s) for the given step, or for the newest step whose files are intact and whose restore succeeds.
+
+    A damaged step (its files differ from its manifest, or it has no manifest and the restore fails) is
+    named in a CorruptCheckpointWarning and, when this Checkpointer may write, moved aside to
+    `<step>.corrupt-<time>` (so that training can save that step again); the next older step is tried. A
+    step whose files are intact but do not restore into `like` stops the search: that is a config that
+    differs from the run's, not damage, and an older step would not fit either. No good step is a one-line
+    CheckpointError naming every step tried and what was wrong with it.
+    """
     steps = self.all_steps() if step is None else [step]
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -182,6 +187,9 @@ class Checkpointer:
           return read(s)
         except Exception as e:  # noqa: BLE001 (orbax and TensorStore raise many types for damaged files)
           why = f"restore failed: {type(e).__name__}: {_one_line(e)}"
+        if os.path.exists(os.path.join(self.step_dir(s), MANIFEST)):
+          failures.append(f"step {s} (files intact, but {why}; does the config match the run that wrote it?)")
+          break
       failures.append(f"step {s} ({why})")
       if step is None:
         warnings.warn(f"checkpoint step {s} in {self.directory} is damaged, skipped: {why}",

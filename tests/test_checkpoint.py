@@ -147,6 +147,15 @@ def test_every_step_damaged_is_a_one_line_error_naming_each(tmp_path):
   assert "bytes" in message and "CRC-32" in message and "missing" in message
 
 
+def test_intact_files_that_do_not_fit_the_target_stop_the_search_and_are_kept(tmp_path):
+  _three_steps(tmp_path / "c")
+  other = _state(0)
+  other["params"]["w"] = jnp.zeros((5, 3))  # a different model than the one saved
+  with pytest.raises(CheckpointError, match=r"step 3 \(files intact, but restore failed: .*config match"):
+    Checkpointer(str(tmp_path / "c")).restore(other)
+  assert Checkpointer(str(tmp_path / "c")).all_steps() == [1, 2, 3]
+
+
 def test_an_explicitly_asked_step_does_not_fall_back(tmp_path):
   _three_steps(tmp_path / "c")
   _truncate(_data_file(tmp_path / "c" / "2"))
