@@ -131,13 +131,16 @@ def workdir(path: str, flag: str = "--workdir") -> None:
 
 
 def train(config, workdir_path: str) -> None:
-  """launch.train / launch.study: the model (and tokenizer), the envs' data folders and the workdir."""
+  """launch.train / launch.study: the model (and tokenizer), the envs' data folders and the workdir.
+
+  `config` is the command's ConfigDict or a resolved run config: only attributes are read."""
   model(config.model)
-  if config.get("tokenizer"):
+  if getattr(config, "tokenizer", ""):
     _tokenizer(config.tokenizer)
-  envs = list(config.envs) + list(config.eval.envs) + list(config.study.envs if "study" in config else [])
-  data_folders(config.env_kwargs.to_dict() if hasattr(config.env_kwargs, "to_dict") else config.env_kwargs,
-               envs)
+  study = getattr(config, "study", None)
+  names = list(config.envs) + list(config.eval.envs) + list(getattr(study, "envs", None) or ())
+  kwargs = config.env_kwargs
+  data_folders(kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs), names)
   workdir(workdir_path)
 
 
