@@ -6,7 +6,8 @@ The flat API a notebook needs (each name imported on first use, so `import agent
   agent = agentgen_jax.load_agent("tiny")                     # model + tokenizer + chat format
   pool = agentgen_jax.make_pool(cfg, ["babyai"])              # envs in worker processes (envs.EnvPool)
   episodes = agentgen_jax.Roller(agent.cfg, agent.tokenizer, pool, cfg.rollout).run(params, tasks, rng)
-  batch = agentgen_jax.token_batch(episodes)                  # -> advantages -> agentgen_jax.train_epochs
+  batch, metrics = agentgen_jax.learner_batch(episodes, state, agent.cfg, cfg.learner, cfg.rollout.mode)
+  state, metrics = agentgen_jax.train_epochs(update, state, batch, rng, cfg.learner)
   evaluation = agentgen_jax.Evaluator.from_config(cfg, agent, pool).run(params, "base")
   results = agentgen_jax.run_job(cfg, workdir)                # the train command; run_study: a protocol
 """
@@ -36,8 +37,8 @@ _EXPORTS = {
     "RolloutConfig": ("agentgen_jax.rollout", "RolloutConfig"),
     "expert_episodes": ("agentgen_jax.demos", "expert_episodes"),
     # the learner batch and the update
-    "token_batch": ("agentgen_jax.rollout", "token_batch"),
-    "choice_batch": ("agentgen_jax.rollout", "choice_batch"),
+    "learner_batch": ("agentgen_jax.rl.batch", "learner_batch"),
+    "ESTIMATORS": ("agentgen_jax.rl.batch", "ESTIMATORS"),
     "LearnerConfig": ("agentgen_jax.rl.learner", "LearnerConfig"),
     "init_state": ("agentgen_jax.rl.learner", "init_state"),
     "make_update": ("agentgen_jax.rl.learner", "make_update"),

@@ -55,6 +55,7 @@ def test_every_learner_field_is_overridable_on_the_command_line():
   node = config.default_config().learner
   assert sorted(node.keys()) == sorted(names)
   new = {"critic": "shared", "kl_estimator": "k1", "kl_mode": "reward", "schedule": "cosine",
+         "estimator": "turn_gae", "loss_agg": "seq-mean-token-sum",
          "total_steps": 7, "value_clip": 0.3, "critic_lr": 0.5, "micro_batch_size": 2, "mini_batch_size": 8}
   for f in dataclasses.fields(LearnerConfig):
     if f.name not in new and f.name in names:
@@ -85,7 +86,7 @@ def test_unknown_field_names_the_valid_fields():
   c = config.default_config().to_dict()
   c["learner"]["klcoef"] = 0.1
   with pytest.raises(ValueError, match=r"unknown config field 'learner.klcoef'; valid fields of "
-                                       r"config.learner: b1, b2, clip_high"):
+                                       r"config.learner: b1, b2, bootstrap_truncated"):
     config.resolve(c)
   with pytest.raises(ValueError, match="valid fields of config: .*checkpoint_every, dtype"):
     config.resolve(dict(config.default_config().to_dict(), iteratons=3))
@@ -103,6 +104,8 @@ def test_missing_fields_take_the_schema_defaults():
     ("study.protocol", "zigzag", "valid: difficulty, cross_env, sequential, mixture"),
     ("eval.difficulty", "medium", "valid: easy, hard, all"),
     ("rollout.mode", "chose", "valid: generate, choose"),
+    ("learner.estimator", "ppo", "'grpo', 'rloo', 'reinforce', 'token_gae', 'turn_gae'"),
+    ("learner.estimator", "token_gae", "needs a critic"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_choices(field, value, message):
   section, name = field.split(".")
@@ -122,3 +125,25 @@ def test_resolved_config_is_frozen():
   cfg = config.resolve(config.default_config())
   with pytest.raises(dataclasses.FrozenInstanceError):
     cfg.seed = 1  # type: ignore[misc]
+
+
+def test_the_learner_scores_at_the_rollout_temperature():
+  c = config.default_config()
+  c.rollout.temperature = 0.7
+  assert config.resolve(c).learner.temperature == 0.7
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce", "token_gae", "turn_gae"])
+def test_every_estimator_resolves_from_a_launch_config(estimator):
+  from agentgen_jax.rl.batch import ESTIMATORS
+  assert estimator in ESTIMATORS
+  c = _quickstart()
+  c.learner.estimator = estimator
+  if estimator.endswith("gae"):
+    c.learner.critic = "shared"
+  assert config.resolve(c).learner.estimator == estimator
+
+
+def _quickstart():
+  from launch.configs import quickstart
+  return quickstart.get_config()
