@@ -16,8 +16,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-# name -> (module, attribute)
-_EXPORTS = {
+# The flat API: name -> (module, attribute), imported on first use.
+EXPORTS = {
     # config
     "default_config": ("agentgen_jax.config", "default_config"),
     "resolve": ("agentgen_jax.config", "resolve"),
@@ -53,13 +53,13 @@ _EXPORTS = {
     "Study": ("agentgen_jax.study.protocols", "Study"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(EXPORTS)
 
 
 def __getattr__(name):
-  if name not in _EXPORTS:
+  if name not in EXPORTS:
     raise AttributeError(f"module 'agentgen_jax' has no attribute {name!r}")
-  module, attr = _EXPORTS[name]
+  module, attr = EXPORTS[name]
   value = getattr(importlib.import_module(module), attr)
   globals()[name] = value
   return value
