@@ -274,8 +274,11 @@ _SHARDED_SCRIPT = textwrap.dedent("""
   import test_learner as tl
   assert jax.device_count() == 8, jax.devices()
   cfg = models.preset("tiny"); params = models.init_params(cfg, jax.random.PRNGKey(0))
+  # seq-mean-token-mean: per-row weights from the whole (sharded) minibatch, the hardest aggregation to get
+  # right across devices.
   lcfg = learner.LearnerConfig(lr=1.0, eps=1.0, max_grad_norm=1e6, critic="shared", kl_coef=0.1,
-                               entropy_coef=0.01, micro_batch_size=8, mini_batch_size=16)
+                               entropy_coef=0.01, micro_batch_size=8, mini_batch_size=16,
+                               loss_agg="seq-mean-token-mean")
   batch = tl._rl_fields(cfg, params, lcfg, tl.token_batch(4, b=16))
   mesh = parallel.make_mesh(axes=("data",))
   s1, m1 = learner.make_update(cfg, lcfg, "generate")(tl._fresh(cfg, params, lcfg), batch)

@@ -176,7 +176,7 @@ _EVAL = [sys.executable, "-m", "launch.evaluate", "--checkpoint=tiny", "--envs=t
     (_TRAIN, ["--config.learner.critic=big"], "('none', 'shared', 'separate')"),
     (_TRAIN, ["--config.eval.difficulty=medium"], "valid: easy, hard, all"),
     (_TRAIN, ["--config.train_split=dev"], "valid: train, test"),
-    (_TRAIN, ["--config.learner.klcoef=0.1"], "valid fields of config.learner: b1, b2, clip_high"),
+    (_TRAIN, ["--config.learner.klcoef=0.1"], "valid fields of config.learner: b1, b2, bootstrap_truncated"),
     (_TRAIN, ["--config.iteratons=3"], "valid fields of config: checkpoint_every, dtype"),
     (_STUDY, ['--config.envs=("webshp",)'], "known envs: alfworld, babyai"),
     (_STUDY, ["--config.study.protocl=x"], "valid fields of config.study:"),
