@@ -113,23 +113,13 @@ def default_config() -> ml_collections.ConfigDict:
   return _section(RunConfig)
 
 
-def field_names(section: str = "") -> list[str]:
-  """The settable fields of `section` ("" for the top level), as --config.<section>.<name>."""
-  node = default_config()
-  for key in filter(None, section.split(".")):
-    node = node[key]
-  return sorted(node.keys())
-
-
 # ---- resolve: ConfigDict -> RunConfig ------------------------------------------------------------------
 
 def _plain(value):
   """ConfigDict/list values as the frozen dataclasses want them: dicts, tuples."""
   if isinstance(value, ml_collections.ConfigDict):
     return value.to_dict()
-  if isinstance(value, list):
-    return tuple(_plain(v) for v in value)
-  if isinstance(value, tuple):
+  if isinstance(value, (list, tuple)):
     return tuple(_plain(v) for v in value)
   return value
 
