@@ -31,6 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = "tiny"                 # preset | embedded name | HF folder | .gguf file
   c.tokenizer = ""                 # default: the model's own
   c.dtype = ""                     # compute dtype; default float32 on CPU, bfloat16 on accelerators
+  c.param_dtype = ""               # storage dtype of params and Adam moments; default float32
+  c.remat = "none"                 # per-layer activation remat in the backward: none | full | dots
+  c.mesh = "data:-1"               # device mesh: data:-1 | fsdp:8 | data:2,fsdp:4 (see parallel.py)
   c.seed = 0
   c.envs = ("babyai",)             # training envs (tuples: overridable as --config.envs="(a, b)")
   c.env_weights = ()               # mixture sampling weights (default uniform)
@@ -115,7 +118,8 @@ class Policy:
 
 
 def load_policy(c: ml_collections.ConfigDict) -> Policy:
-  cfg, params = models.load(c.model, dtype=c.dtype or None)
+  cfg, params = models.load(c.model, dtype=c.dtype or None, param_dtype=c.get("param_dtype") or None)
+  cfg = cfg.replace(remat=c.get("remat", "none"))
   tok = tokenizer_lib.load(c.tokenizer or c.model)
   tokenizer_lib.check_compatible(tok, cfg)
   return Policy(cfg, params, tok, rollout.ChatFormat(tok, c.rollout.system_prompt or None))
