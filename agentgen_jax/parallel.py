@@ -150,12 +150,13 @@ def _key(entry) -> str | None:
 def param_spec(path, shape: Sequence[int], fsdp: int) -> PartitionSpec:
   """Where one leaf of a params-like tree lives: a matrix is split over `fsdp` on its largest dimension
   that fsdp divides (the first of equals); a leaf under "layers" is stacked [L, ...] and never split on L;
-  vectors (norms, biases, the value head), scalars and matrices no dimension of which fsdp divides stay
-  replicated."""
-  stacked = any(_key(k) == "layers" for k in path)
+  vectors (norms, biases, the value head), scalars, LoRA adapters (small, and read whole every step)
+  and matrices no dimension of which fsdp divides stay replicated."""
+  keys = [_key(k) for k in path]
+  stacked = "layers" in keys
   dims = range(1 if stacked else 0, len(shape))
   candidates = [d for d in dims if shape[d] % fsdp == 0]
-  if fsdp == 1 or len(dims) < 2 or not candidates:
+  if fsdp == 1 or len(dims) < 2 or not candidates or "lora" in keys:
     return PartitionSpec()
   best = max(candidates, key=lambda d: shape[d])
   return PartitionSpec(*["fsdp" if d == best else None for d in range(len(shape))])

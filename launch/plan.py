@@ -233,11 +233,13 @@ def advice(report: dict) -> list[str]:
                               f"{m['micro_batch_size']}; a multiple of {divisor})"))
     if m["remat"] != "full":
       out.append((update / 2, f"remat (--config.remat=full, or dots; now {m['remat']})"))
+    # The [T, vocab] logits and the [T, T] attention scores of a row are materialised whole.
+    out.append((update / 4, f"shorter episodes (--config.rollout.max_episode_tokens, now {m['seq_len']}: "
+                            "the update's logits and attention temporaries grow with it)"))
   if report["peak_phase"] in ("prefill", "decode"):
     out.append((b["kv_cache"] / 2, f"fewer parallel episodes or shorter ones (--config.pool_size, now "
                                    f"{m['pool_size']}; --config.rollout.max_episode_tokens)"))
-  if not out:
-    out.append((0, "more devices, or a smaller model"))
+  out.append((0, "more devices, or a smaller model"))
   return [text for _, text in sorted(out, key=lambda x: -x[0])]
 
 

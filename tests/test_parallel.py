@@ -72,6 +72,9 @@ def test_fsdp_rule_splits_matrices_on_their_largest_divisible_dim_never_the_laye
   assert specs["final_norm"]["scale"] == PartitionSpec()
   assert specs["embed"]["embedding"] == PartitionSpec("fsdp", None)            # [V, D]: V is larger
   assert specs["lm_head"] == PartitionSpec(None, "fsdp")
+  # LoRA adapters stay whole on every device.
+  path = (jax.tree_util.DictKey("lora"), jax.tree_util.DictKey("layers"), jax.tree_util.DictKey("a"))
+  assert parallel.param_spec(path, (8, 128, 16), 8) == PartitionSpec()
   # No dimension divisible: replicated rather than padded.
   assert parallel.param_spec((), (5, 7), 8) == PartitionSpec()
   assert parallel.param_spec((), (64, 64), 1) == PartitionSpec()

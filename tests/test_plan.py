@@ -68,7 +68,7 @@ def _report(mesh, peak, micro=8, remat="none"):
                 "activations_peak": 40, "total": 60}
   return {"devices": 8, "mesh": mesh, "per_device_bytes": per_device, "hbm_bytes": 50, "fits": False,
           "peak_phase": peak, "phases": {"rl_update": {"temp": 40}},
-          "model": {"micro_batch_size": micro, "remat": remat, "pool_size": 64}}
+          "model": {"micro_batch_size": micro, "remat": remat, "pool_size": 64, "seq_len": 8192}}
 
 
 def test_advice_names_the_knobs_that_shrink_the_peak_phase():
@@ -78,11 +78,12 @@ def test_advice_names_the_knobs_that_shrink_the_peak_phase():
   assert any("--config.remat=full" in a for a in update_bound)
   assert any("--config.mesh=fsdp:8" in a for a in update_bound)
   rollout_bound = plan.advice(_report({"data": 1, "fsdp": 8}, "decode", remat="full"))
-  assert rollout_bound == ["fewer parallel episodes or shorter ones (--config.pool_size, now 64; "
-                           "--config.rollout.max_episode_tokens)"]
-  # Already fully sharded, remat on, one row per device: nothing left but more memory.
+  assert rollout_bound[0] == ("fewer parallel episodes or shorter ones (--config.pool_size, now 64; "
+                              "--config.rollout.max_episode_tokens)")
+  # Already fully sharded, remat on, one row per device: shorter sequences or more memory.
   assert plan.advice(_report({"data": 1, "fsdp": 8}, "rl_update", remat="full")) == [
-      "more devices, or a smaller model"]
+      "shorter episodes (--config.rollout.max_episode_tokens, now 8192: the update's logits and "
+      "attention temporaries grow with it)", "more devices, or a smaller model"]
 
 
 @pytest.mark.parametrize("args, message", [
