@@ -3,12 +3,14 @@ time on abstract arrays (no weight is allocated) and prints what one device hold
 executables. Exits non-zero, saying what to change, when that does not fit --hbm_gb.
 
   python -m launch.plan --config=launch/configs/paper_sequential.py --config.model=qwen2.5-7b \\
-      --config.mesh=fsdp:8 --config.remat=full --config.learner.micro_batch_size=8 --hbm_gb=80 --devices=8
+      --config.mesh=fsdp:8 --config.remat=full --config.learner.micro_batch_size=8 --config.pool_size=32 \
+      --hbm_gb=80 --devices=8
 
 --devices=N simulates N CPU devices (sets XLA_FLAGS before jax is imported); without it the plan is for
 the devices this process sees. --config.model takes the shape-only presets (qwen2.5-0.5b/1.5b/3b/7b,
 llama-3.1-8b), an HF folder (only config.json is read), or anything models.load takes. Temporaries are
 those of the backend that compiles (XLA:CPU when simulated): a guide for GPU/TPU, not a measurement.
+The update is planned in the free-text (generate) layout whatever rollout.mode says.
 """
 
 from __future__ import annotations
@@ -109,21 +111,28 @@ def _state_parts(state, shardings) -> dict:
           "critic": size("critic_params") + size("critic_opt_state")}
 
 
+def _text_mode() -> str:
+  """The learner's name for free-text (token-level) updates: "generate" (older code: "token")."""
+  from agentgen_jax.rl import policy
+  return "generate" if "generate" in policy.MODES else "token"
+
+
 def plan_update(cfg, lcfg, mesh, seq_len: int):
-  """The RL update (token mode) on one minibatch of lcfg.mini_batch_size rows x seq_len tokens."""
+  """The RL update (free-text mode) on one minibatch of lcfg.mini_batch_size rows x seq_len tokens."""
   import jax
   import jax.numpy as jnp
 
   from agentgen_jax import parallel
   from agentgen_jax.rl import learner
+  mode = _text_mode()
   parallel.check_rows(lcfg.micro_batch_size, mesh, "learner.micro_batch_size")
   state, shardings = _state(cfg, lcfg, mesh)
   dtypes = {"tokens": jnp.int32, "positions": jnp.int32, "valid": jnp.bool_}
   batch = _rows(mesh, lcfg.mini_batch_size, seq_len,
-                {k: dtypes.get(k, jnp.float32) for k in learner.batch_keys("token", lcfg)})
+                {k: dtypes.get(k, jnp.float32) for k in learner.batch_keys(mode, lcfg)})
   # mesh=None inside: the rows arrive sharded over (data, fsdp) and the partitioner keeps each
   # micro-batch spread over them (learner's own constraint names only `data`).
-  fn = functools.partial(learner._update, cfg, lcfg, "token", None)
+  fn = functools.partial(learner._update, cfg, lcfg, mode, None)
   jitted = jax.jit(fn, in_shardings=(shardings, parallel.batch_sharding(mesh)),
                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
   return state, shardings, _memory(jitted.lower(state, batch).compile(), 0)
