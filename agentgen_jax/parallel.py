@@ -190,6 +190,16 @@ def cache_shardings(mesh: Mesh, tree):
   return jax.tree_util.tree_map_with_path(spec, tree)
 
 
+def jit_state_step(fn, mesh: Mesh, state):
+  """jit of `fn(state, batch) -> (state, metrics)` for `mesh`: the state (arrays or ShapeDtypeStructs, for
+  its structure) in and out with its FSDP shardings and donated, the batch rows over the batch axes, the
+  metrics replicated. XLA inserts the all-gathers and reduce-scatters; gradients of replicated leaves are
+  summed by the partitioner, exactly once."""
+  shardings = state_shardings(mesh, state)
+  return jax.jit(fn, in_shardings=(shardings, batch_sharding(mesh)),
+                 out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+
+
 def per_device_bytes(tree, shardings) -> int:
   """Bytes one device holds of `tree` (arrays or ShapeDtypeStructs) placed with `shardings`."""
   leaves = jax.tree.leaves(tree)

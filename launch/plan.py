@@ -119,7 +119,6 @@ def _text_mode() -> str:
 
 def plan_update(cfg, lcfg, mesh, seq_len: int):
   """The RL update (free-text mode) on one minibatch of lcfg.mini_batch_size rows x seq_len tokens."""
-  import jax
   import jax.numpy as jnp
 
   from agentgen_jax import parallel
@@ -132,15 +131,12 @@ def plan_update(cfg, lcfg, mesh, seq_len: int):
                 {k: dtypes.get(k, jnp.float32) for k in learner.batch_keys(mode, lcfg)})
   # mesh=None inside: the rows arrive sharded over (data, fsdp) and the partitioner keeps each
   # micro-batch spread over them (learner's own constraint names only `data`).
-  fn = functools.partial(learner._update, cfg, lcfg, mode, None)
-  jitted = jax.jit(fn, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+  jitted = parallel.jit_state_step(functools.partial(learner._update, cfg, lcfg, mode, None), mesh, state)
   return state, shardings, _memory(jitted.lower(state, batch).compile(), 0)
 
 
 def plan_sft(cfg, c, mesh, seq_len: int):
   """The SFT step on one batch of sft.batch_size demos x seq_len tokens (its own state, no reference)."""
-  import jax
   import jax.numpy as jnp
 
   from agentgen_jax import parallel
@@ -149,12 +145,10 @@ def plan_sft(cfg, c, mesh, seq_len: int):
   lcfg = learner_config(c, lr=c.sft.lr, kl_coef=0.0, critic="none", mini_batch_size=c.sft.batch_size,
                         micro_batch_size=micro)
   parallel.check_rows(micro, mesh, "sft.micro_batch_size (or sft.batch_size)")
-  state, shardings = _state(cfg, lcfg, mesh)
+  state, _ = _state(cfg, lcfg, mesh)
   batch = _rows(mesh, c.sft.batch_size, seq_len, {"tokens": jnp.int32, "positions": jnp.int32,
                                                   "valid": jnp.bool_, "loss_mask": jnp.float32})
-  jitted = jax.jit(functools.partial(sft._step, cfg, lcfg, None),
-                   in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+  jitted = parallel.jit_state_step(functools.partial(sft._step, cfg, lcfg, None), mesh, state)
   return _memory(jitted.lower(state, batch).compile(), 0)
 
 
