@@ -97,6 +97,16 @@ def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
   assert parallel._multi_host_environment() == "JAX_COORDINATOR_ADDRESS"
 
 
+def _on_eight_devices(code: str, timeout: int) -> dict:
+  """Runs `code` in a fresh process with 8 simulated CPU devices; returns the JSON of its last line."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=timeout, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 EIGHT_DEVICES = textwrap.dedent("""
   import json
   import jax, jax.numpy as jnp, numpy as np
@@ -115,12 +125,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 
 
 def test_batch_is_split_over_eight_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, capture_output=True, text=True,
-                        timeout=120, cwd=root)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = _on_eight_devices(EIGHT_DEVICES, timeout=120)
   assert out["devices"] == 8 and out["mesh"] == {"data": 8} and out["two_d"] == {"data": 4, "fsdp": 2}
   assert out["shard_rows"] == [2] * 8 and out["w_copies"] == [2, 3] and out["y_rows"] == [2] * 8
   np.testing.assert_allclose(out["y"], np.arange(32.0).reshape(16, 2) @ np.ones((2, 3)))
@@ -170,12 +175,7 @@ FSDP_ON_EIGHT_DEVICES = textwrap.dedent("""
 
 
 def test_fsdp_divides_param_state_and_cache_memory_over_eight_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", FSDP_ON_EIGHT_DEVICES], env=env, capture_output=True,
-                        text=True, timeout=300, cwd=root)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = _on_eight_devices(FSDP_ON_EIGHT_DEVICES, timeout=300)
   total = out["total"]
   for spec, fsdp in (("fsdp:8", 8), ("data:2,fsdp:4", 4), ("data:8", 1)):
     r = out[spec]
@@ -248,12 +248,7 @@ FSDP_UPDATE = textwrap.dedent("""
 def test_fsdp_update_on_eight_devices_equals_one_device():
   # ~20 s of CPU: the update compiled four times. Gradients of sharded and replicated leaves are
   # reduced by the partitioner (never pmean'ed twice), so every mesh trains like one device.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", FSDP_UPDATE], env=env, capture_output=True, text=True,
-                        timeout=900, cwd=root)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = _on_eight_devices(FSDP_UPDATE, timeout=900)
   for spec, r in out.items():
     assert r["rel_err"] < 1e-4 and r["err_of_change"] < 1e-3 and r["loss_err"] < 1e-5, (spec, r)
   # The Adam moments of stacked kernels stay sharded over fsdp between steps (not silently replicated).
