@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import os
 import sys
@@ -162,7 +163,10 @@ def plan_rollout(cfg, c, mesh, state, shardings, resident_elsewhere: int, prefil
   rows = c.pool_size
   parallel.check_rows(rows, mesh, "pool_size")
   # As rollout.Roller sizes its context: every turn's bucketed chunk plus the decoded tokens.
-  slots = sampling.bucket(2 * c.rollout.max_episode_tokens + 4 * c.rollout.max_new_tokens)
+  slots = (c.rollout.get("cache_slots") or
+           sampling.bucket(2 * c.rollout.max_episode_tokens + 4 * c.rollout.max_new_tokens))
+  # Where attention runs over a live window of the cache, plan the last turn's: the whole capacity.
+  window = {"window": slots} if "window" in inspect.signature(sampling._extend).parameters else {}
   ctx = jax.eval_shape(lambda: sampling.Context(
       cache=models.init_cache(cfg, rows, slots), next_pos=jnp.zeros((rows,), jnp.int32),
       last_logits=jnp.zeros((rows, cfg.vocab_size), jnp.float32)))
@@ -172,12 +176,12 @@ def plan_rollout(cfg, c, mesh, state, shardings, resident_elsewhere: int, prefil
   params, params_sh = state.params, shardings.params
   rows_sh, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   chunk = _rows(mesh, rows, prefill_tokens, {"tokens": jnp.int32, "valid": jnp.bool_})
-  prefill = jax.jit(functools.partial(sampling._extend, cfg), out_shardings=ctx_sh, donate_argnums=1,
-                    in_shardings=(params_sh, ctx_sh, rows_sh, rows_sh))
+  prefill = jax.jit(functools.partial(sampling._extend, cfg, **window), out_shardings=ctx_sh,
+                    in_shardings=(params_sh, ctx_sh, rows_sh, rows_sh), donate_argnums=1)
   out = {"prefill": _memory(prefill.lower(params, ctx, chunk["tokens"], chunk["valid"]).compile(),
                             resident_elsewhere)}
   decode_fn = functools.partial(sampling._decode, cfg, max_new_tokens=c.rollout.max_new_tokens,
-                                eos_ids=tuple(cfg.eos_token_ids), stop_seqs=())
+                                eos_ids=tuple(cfg.eos_token_ids), stop_seqs=(), **window)
   decode = jax.jit(decode_fn, in_shardings=(params_sh, ctx_sh, rep, rows_sh, rep, rep), donate_argnums=1)
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
   active = jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=rows_sh)
