@@ -93,6 +93,21 @@ def mesh_from_spec(spec: str, devices: Sequence[jax.Device] | None = None) -> Me
   return make_mesh(devices, parse_mesh(spec, len(devices)))
 
 
+def run_mesh(spec: str, batches: Mapping[str, int] | None = None) -> Mesh | None:
+  """The mesh a command runs on, checked once before anything is written: mesh_from_spec(spec), or None on
+  a single device (the plain jit path runs the same program). `batches` {name: rows} are the batch sizes
+  that must split over the batch axes (one-line error naming the valid multiples)."""
+  mesh = mesh_from_spec(spec)
+  for what, rows in (batches or {}).items():
+    check_rows(rows, mesh, what)
+  return None if mesh.devices.size == 1 else mesh
+
+
+def place_params(params, mesh: Mesh | None):
+  """params placed by the FSDP rule over `mesh` (unchanged without one)."""
+  return params if mesh is None else jax.device_put(params, param_shardings(mesh, params))
+
+
 # ---------------------------------------------------------------------------------------- batch sharding
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Mesh helpers: mesh strings, the FSDP sharding rules, batch / param / cache sharding over 8 simulated
 CPU devices (subprocess), and the single-host / multi-host decision of initialize_distributed."""
 
+import glob
 import json
 import os
 import subprocess
@@ -254,3 +255,70 @@ def test_fsdp_update_on_eight_devices_equals_one_device():
   # The Adam moments of stacked kernels stay sharded over fsdp between steps (not silently replicated).
   assert any("fsdp" in s for s in out["fsdp:8"]["moment_specs"])
   assert not any("fsdp" in s for s in out["data:8"]["moment_specs"])
+
+
+def _train(workdir, *args, devices: int = 8, timeout: int = 1500):
+  """launch.train on the shared tiny config (tests/train_config_tiny.py) with `devices` simulated CPUs."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, "-m", "launch.train", "--config=tests/train_config_tiny.py",
+                         f"--workdir={workdir}", *args], env=env, capture_output=True, text=True,
+                        timeout=timeout, cwd=root)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.mesh=fsdp:3"], "mesh 'fsdp:3': the fixed sizes (3 devices) do not divide 8; valid forms:"),
+    pytest.param(["--config.mesh=data:16"], "mesh 'data:16': it spans 16 devices; valid forms:",
+                 marks=pytest.mark.slow),
+    pytest.param(["--config.mesh=data:8", "--config.learner.micro_batch_size=2"],
+                 "learner.micro_batch_size=2 is not a multiple of the mesh's batch axes (data:8,fsdp:1: 8 "
+                 "devices); valid: multiples of 8", marks=pytest.mark.slow)])
+def test_bad_mesh_or_batch_ends_train_in_one_line_and_writes_nothing(tmp_path, args, message):
+  workdir = tmp_path / "run"
+  proc = _train(workdir, *args, timeout=300)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+  assert not workdir.exists()
+
+
+def _final_params(workdir) -> np.ndarray:
+  """The trained weights as written by --config.export_hf (host arrays: readable whatever the mesh was)."""
+  from agentgen_jax.models import load as load_lib
+  weights = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "hf_export", "*.safetensors"))):
+    weights.update(load_lib.read_safetensors(path))
+  return np.concatenate([np.asarray(weights[k], np.float64).ravel() for k in sorted(weights)])
+
+
+def _curve(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "log.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  keep = ("success", "score", "mean_turns", "loss", "policy_loss", "entropy", "grad_norm")
+  return [{k: r[k] for k in keep if k in r} for r in rows if "iteration" in r]
+
+
+@pytest.mark.slow
+def test_training_on_eight_devices_matches_one_device(tmp_path):
+  # Minutes: four tiny training runs (one device, then data:8, fsdp:8, data:2,fsdp:4 on 8 simulated
+  # devices). Rollout rows are padded to the 8 devices; micro-batches of 8 rows split one row per device.
+  args = ["--config.learner.micro_batch_size=8", "--config.learner.mini_batch_size=8",
+          "--config.iterations=2", "--config.export_hf=True"]
+  one = tmp_path / "one"
+  proc = _train(one, *args, devices=1)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  want_params, want_curve = _final_params(one), _curve(one)
+  assert len(want_curve) == 2
+  for mesh in ("data:8", "fsdp:8", "data:2,fsdp:4"):
+    workdir = tmp_path / mesh.replace(":", "").replace(",", "_")
+    proc = _train(workdir, *args, f"--config.mesh={mesh}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got_curve = _curve(workdir)
+    assert [set(r) for r in got_curve] == [set(r) for r in want_curve]
+    for got, want in zip(got_curve, want_curve):
+      for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (mesh, k)
+    got_params = _final_params(workdir)
+    assert np.linalg.norm(got_params - want_params) / np.linalg.norm(want_params) < 1e-4, mesh
