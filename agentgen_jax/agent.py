@@ -6,28 +6,42 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from agentgen_jax import models, rollout
+from agentgen_jax import models, parallel, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
 class Agent:
-  """The model (config + params, a plain pytree), its tokenizer and its chat format."""
+  """The model (config + params, a plain pytree), its tokenizer and chat format, and the device mesh every
+  loop runs it on (None: one device; the params are then placed by parallel.py's FSDP rule)."""
 
   cfg: models.ModelConfig
   params: Any
   tokenizer: Any
   chat: rollout.ChatFormat
+  mesh: Any = None
 
 
-def load(model: str, tokenizer: str = "", dtype: str = "", system_prompt: str | None = None) -> Agent:
-  """The agent `model` names (see models.load); `tokenizer` defaults to the model's own."""
-  cfg, params = models.load(model, dtype=dtype or None)
+def load(model: str, tokenizer: str = "", dtype: str = "", system_prompt: str | None = None,
+         param_dtype: str = "", remat: str = "none") -> Agent:
+  """The agent `model` names (see models.load); `tokenizer` defaults to the model's own. `dtype` is the
+  compute dtype; params stay float32 unless `param_dtype` says otherwise."""
+  cfg, params = models.load(model, dtype=dtype or None, param_dtype=param_dtype or None)
+  cfg = cfg.replace(remat=remat)
   tok = tokenizer_lib.load(tokenizer or model)
   tokenizer_lib.check_compatible(tok, cfg)
   return Agent(cfg, params, tok, rollout.ChatFormat(tok, system_prompt or None))
 
 
-def from_config(cfg) -> Agent:
-  """The agent of a RunConfig (agentgen_jax.config): its model, tokenizer, dtype and system prompt."""
-  return load(cfg.model, cfg.tokenizer, cfg.dtype, cfg.rollout.system_prompt)
+def run_mesh(cfg):
+  """The RunConfig's mesh (None on one device), checked against the batches that must split over it:
+  the learner's and the SFT micro-batches (rollouts pad their rows). Call it before writing anything."""
+  return parallel.run_mesh(cfg.mesh, {"learner.micro_batch_size": cfg.learner.micro_batch_size,
+                                      "sft.micro_batch_size": cfg.sft.micro_batch_size or cfg.sft.batch_size})
+
+
+def from_config(cfg, mesh=None) -> Agent:
+  """The agent of a RunConfig (agentgen_jax.config): its model, tokenizer, dtype and system prompt, its
+  params placed over `mesh` (from run_mesh(cfg))."""
+  agent = load(cfg.model, cfg.tokenizer, cfg.dtype, cfg.rollout.system_prompt, cfg.param_dtype, cfg.remat)
+  return dataclasses.replace(agent, params=parallel.place_params(agent.params, mesh), mesh=mesh)

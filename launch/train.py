@@ -32,9 +32,10 @@ def main(argv):
     print(json.dumps(config_lib.to_dict(cfg), indent=1, default=str))
     return
   parallel.initialize_distributed()
+  mesh = cli.run_mesh(cfg)
   try:
     validate.or_exit(validate.train, cfg, _WORKDIR.value)  # before anything is written
-    results = job.run(cfg, _WORKDIR.value)
+    results = job.run(cfg, _WORKDIR.value, mesh)
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
     sys.exit(f"training stopped: {e}")
   except checkpoint.CheckpointError as e:  # every checkpoint of the run is damaged; the message names each

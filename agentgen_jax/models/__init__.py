@@ -10,7 +10,8 @@ from agentgen_jax.models.transformer import KVCache, forward, init_cache, init_p
 # The submodule `load` is shadowed on purpose: `models.load` is the function (the module stays importable
 # as agentgen_jax.models.load through sys.modules).
 load = _load_module.load
+load_config = _load_module.load_config
 save_hf = _export.save_hf
 
-__all__ = ["KVCache", "ModelConfig", "forward", "init_cache", "init_params", "lm_head", "load", "logits",
-           "preset", "save_hf", "value"]
+__all__ = ["KVCache", "ModelConfig", "forward", "init_cache", "init_params", "lm_head", "load", "load_config",
+           "logits", "preset", "save_hf", "value"]
