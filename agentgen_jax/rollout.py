@@ -33,8 +33,11 @@ class RolloutConfig:
   max_turns: int | None = None          # None: the env's own cap (pool.info(name)["max_turns"])
   max_new_tokens: int = 64              # per agent turn (generate mode)
   max_episode_tokens: int = 2048        # prompt + all turns; an episode past it ends as truncated
-  temperature: float = 1.0              # 0 = greedy (generate) / argmax (choose)
-  top_p: float = 1.0
+  # Sampling temperature (both modes); episodes record log-probs of the tempered distribution (and of the
+  # renormalised top-p nucleus in generate mode): the learner must use the same temperature. 0 = greedy
+  # (generate) / argmax (choose), untempered log-probs (evaluation).
+  temperature: float = 1.0
+  top_p: float = 1.0                    # generate mode only; RL training refuses top_p < 1
   max_candidates: int = 32              # choose mode: valid actions beyond this are cut (listed order)
   system_prompt: str | None = None
 
@@ -151,8 +154,10 @@ class ChatFormat:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, first):
-  """Log-probs of candidate continuations appended to each row's context (the cache is not changed).
+def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, first, temperature):
+  """Log-probs of candidate tokens appended to each row's context (the cache is not changed), under
+  log_softmax(logits / temperature): the per-token distribution that choose mode samples its actions from
+  (temperature 0 scores with the untempered logits).
 
   tokens/valid/positions/first [B,T]: candidates packed per row; attn_mask [B,T,T] lets each candidate see
   only itself; first marks a candidate's first token (predicted by the context's last logits).
@@ -160,7 +165,8 @@ def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, fir
   logits, _, _ = models.forward(cfg, params, tokens, positions, valid, ctx.cache, attn_mask)
   prev = jnp.concatenate([ctx.last_logits[:, None], logits[:, :-1]], axis=1)
   prev = jnp.where(first[..., None], ctx.last_logits[:, None], prev)
-  logp = jax.nn.log_softmax(prev.astype(jnp.float32), axis=-1)
+  scale = jnp.where(temperature > 0, temperature, 1.0)
+  logp = jax.nn.log_softmax(prev.astype(jnp.float32) / scale, axis=-1)
   return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] * valid
 
 
@@ -361,7 +367,7 @@ class Roller:
       tokens, valid, positions, first, segment, attn = _pack_candidates(candidates, next_pos)
       logp = np.asarray(jax.device_get(_score_candidates(
           self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(attn),
-          jnp.asarray(positions), jnp.asarray(first))))
+          jnp.asarray(positions), jnp.asarray(first), jnp.float32(rcfg.temperature))))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
     actions: list[str | None] = []
     chosen_tokens: list[list[int]] = []
@@ -370,13 +376,15 @@ class Roller:
         actions.append(None)
         chosen_tokens.append([])
         continue
-      scores = np.array([logp[row][segment[row] == c].sum() for c in range(len(candidates[row]))])
+      # A candidate's score is the sum of its tokens' tempered log-probs; the turn's action distribution is
+      # the softmax of the scores (what the learner recomputes at the same temperature).
+      scores = np.array([logp[row][segment[row] == c].sum() for c in range(len(candidates[row]))],
+                        np.float64)
       log_probs = scores - _logsumexp(scores)
       if rcfg.temperature == 0:
         choice = int(np.argmax(scores))
       else:
-        tempered = scores / rcfg.temperature
-        choice = int(rng.choice(len(scores), p=np.exp(tempered - _logsumexp(tempered))))
+        choice = int(rng.choice(len(scores), p=np.exp(log_probs)))
       cand = candidates[row][choice]
       token_lp = logp[row][segment[row] == choice]
       ep.add(cand, agent=True, logprobs=token_lp)

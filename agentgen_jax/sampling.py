@@ -28,7 +28,10 @@ class Context:
 class Generated:
   """What one decode call produced; positions past `lengths` hold 0."""
   tokens: jax.Array    # [B, N] int32
-  logprobs: jax.Array  # [B, N] f32: log_softmax of the unmodified f32 logits at the sampled token
+  # [B, N] f32: the log-prob of each token under the distribution it was sampled from: log_softmax of
+  # logits / temperature, restricted and renormalised to the nucleus when top_p < 1; with temperature 0
+  # (greedy, for evaluation) the log_softmax of the untempered logits.
+  logprobs: jax.Array
   lengths: jax.Array   # [B] int32: tokens generated, the EOS / stop token included; 0 for inactive rows
 
 
@@ -144,14 +147,19 @@ def _top_p_logits(logits: jax.Array, top_p: jax.Array) -> jax.Array:
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def _sample(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
-  """logits [B, V] f32 -> tokens [B] int32; argmax when temperature == 0."""
+def _sample(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+  """logits [B, V] f32 -> (tokens [B] int32, logprobs [B] f32 of each token under the distribution sampled
+  from: logits / temperature, top-p-truncated and renormalised); argmax and untempered log-probs when
+  temperature == 0."""
+  def pick(token, dist):
+    return token, jnp.take_along_axis(jax.nn.log_softmax(dist, axis=-1), token[:, None], axis=-1)[:, 0]
   def sampled(_):
     scaled = logits / temperature
     scaled = jax.lax.cond(top_p < 1.0, lambda x: _top_p_logits(x, top_p), lambda x: x, scaled)
-    return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+    return pick(jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32), scaled)
   def greedy(_):
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return pick(jnp.argmax(logits, axis=-1).astype(jnp.int32), logits)
   # A real branch (not jnp.where): greedy decoding skips the sort that top-p needs.
   return jax.lax.cond(temperature > 0, sampled, greedy, None)
 
@@ -171,8 +179,8 @@ def _decode(cfg, params, ctx: Context, rng, active, temperature, top_p, *, max_n
     step, ctx, rng, tokens, logprobs, done, lengths, recent = state
     rng, key = jax.random.split(rng)
     running = ~done
-    token = _sample(ctx.last_logits, key, temperature, top_p)
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(ctx.last_logits, axis=-1), token[:, None], axis=-1)
+    token, logprob = _sample(ctx.last_logits, key, temperature, top_p)
+    logprob = logprob[:, None]
     token = jnp.where(running, token, 0)
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
     logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(running[:, None], logprob, 0.0), (0, step))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import envs
-from agentgen_jax import models, rollout
+from agentgen_jax import models, rollout, sampling
 from agentgen_jax import tokenizer as tokenizer_lib
 from agentgen_jax.rl import learner
 from agentgen_jax.trainer import expert_episodes
@@ -72,6 +72,38 @@ def test_choice_logprobs_match_learner_recompute(setup):
   assert np.abs(out["logprobs"][mask] - batch["old_logprobs"][mask]).max() < 1e-3
   # choice log-probs are proper: every turn's distribution sums to one over its candidates
   assert (batch["old_logprobs"][mask] <= 1e-6).all()
+
+
+def _log_softmax64(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  m = x.max(axis=-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def test_choose_mode_records_logprobs_of_the_tempered_distribution(setup):
+  """At temperature 0.7, each turn's choice log-prob is that of softmax over candidates of the summed
+  log_softmax(logits / 0.7) token log-probs, and the chosen tokens carry those token log-probs: both checked
+  against a float64 reference from full forwards without a cache."""
+  cfg, params, _, _, _ = setup
+  temperature = 0.7
+  checked = 0
+  for ep in _run(setup, "choose", temperature=temperature)[:2]:
+    turn_ids = np.asarray(ep.turn_ids)
+    for k, (cands, choice, lp) in enumerate(ep.choices):
+      start = int(np.nonzero(turn_ids == k)[0][0])
+      seqs = [ep.tokens[:start] + c for c in cands]
+      width = sampling.bucket(max(len(x) for x in seqs))
+      padded = np.zeros((len(seqs), width), np.int32)
+      for i, x in enumerate(seqs):
+        padded[i, :len(x)] = x
+      logp = _log_softmax64(np.asarray(models.logits(cfg, params, padded)) / temperature)
+      token_lp = [logp[i, start - 1 + np.arange(len(c)), c] for i, c in enumerate(cands)]
+      scores = np.array([t.sum() for t in token_lp])
+      np.testing.assert_allclose(lp, scores[choice] - np.log(np.exp(scores - scores.max()).sum())
+                                 - scores.max(), atol=2e-4)
+      np.testing.assert_allclose(ep.logprobs[start:start + len(cands[choice])], token_lp[choice], atol=2e-4)
+      checked += 1
+  assert checked >= 2
 
 
 def test_greedy_choose_takes_the_highest_scoring_candidate(setup):
