@@ -152,6 +152,25 @@ def test_extend_then_decode_equals_prefill_of_concatenation(llama):
   np.testing.assert_allclose(np.asarray(ctx.last_logits), np.asarray(ctx_ref.last_logits), atol=1e-4)
 
 
+def test_a_large_context_decodes_like_a_small_one(llama):
+  """Attention reads a live window of the cache (128 slots here), not its capacity: a 1024-slot context
+  gives the tokens, log-probs and cache contents of a 64-slot one."""
+  cfg, params = llama
+  outs = {}
+  for slots in (SLOTS, 1024):
+    ctx = sampling.extend(cfg, params, sampling.new_context(cfg, len(PROMPTS), slots), *_pad(PROMPTS))
+    ctx, out = _decode(cfg, params, ctx, seed=5, temperature=1.0)
+    outs[slots] = (out, ctx)
+  (small, small_ctx), (large, large_ctx) = outs[SLOTS], outs[1024]
+  assert sampling.live_window(16 + NEW, 1024) == 128 and sampling.live_window(300, 1024) == 384
+  np.testing.assert_array_equal(np.asarray(small.tokens), np.asarray(large.tokens))
+  np.testing.assert_allclose(np.asarray(small.logprobs), np.asarray(large.logprobs), atol=1e-5)
+  used = int(small_ctx.cache.index)
+  np.testing.assert_allclose(np.asarray(small_ctx.cache.k), np.asarray(large_ctx.cache.k)[:, :, :SLOTS],
+                             atol=1e-6)
+  assert int(large_ctx.cache.index) == used and not np.asarray(large_ctx.cache.valid)[:, used:].any()
+
+
 def test_rows_without_valid_tokens_and_inactive_rows_are_unchanged(llama):
   cfg, params = llama
   ctx = _prefill(cfg, params, PROMPTS)
