@@ -166,7 +166,7 @@ def test_a_large_context_decodes_like_a_small_one(llama):
   np.testing.assert_array_equal(np.asarray(small.tokens), np.asarray(large.tokens))
   np.testing.assert_allclose(np.asarray(small.logprobs), np.asarray(large.logprobs), atol=1e-5)
   used = int(small_ctx.cache.index)
-  np.testing.assert_allclose(np.asarray(small_ctx.cache.k), np.asarray(large_ctx.cache.k)[:, :, :SLOTS],
+  np.testing.assert_allclose(np.asarray(small_ctx.cache.k), np.asarray(large_ctx.cache.k)[:, :, :, :SLOTS],
                              atol=1e-6)
   assert int(large_ctx.cache.index) == used and not np.asarray(large_ctx.cache.valid)[:, used:].any()
 

@@ -22,8 +22,9 @@ _MASKED = -1e30
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of every layer; slot s of row b counts only where valid[b, s]."""
-  k: jax.Array      # [L, B, S, Hkv, Dh] compute dtype
-  v: jax.Array      # [L, B, S, Hkv, Dh] compute dtype
+  # Heads before slots: a layer's window [B, Hkv, :W, Dh] is what the attention matmuls read, as is.
+  k: jax.Array      # [L, B, Hkv, S, Dh] compute dtype
+  v: jax.Array      # [L, B, Hkv, S, Dh] compute dtype
   valid: jax.Array  # [B, S] bool
   # An int32 scalar array, not a Python int: advancing it must not change the jit cache key.
   index: jax.Array  # [] int32: the first slot the next forward writes
@@ -31,7 +32,7 @@ class KVCache:
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
   """An empty cache of max_len slots per row."""
-  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   return KVCache(k=jnp.zeros(shape, cfg.dtype), v=jnp.zeros(shape, cfg.dtype),
                  valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
@@ -115,26 +116,31 @@ class Block(nn.Module):
     k = _dense(cfg, kv * dh, "k_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
     v = _dense(cfg, kv * dh, "v_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
     q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+    # Heads-major [B, Hkv, T, Dh] operands: the attention matmuls then batch over (B, Hkv) on contiguous
+    # [T, Dh] blocks (a [B, T, H, Dh] einsum made XLA:CPU transpose them, forward and backward).
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if k_cache is None:
       k_all, v_all = k, v
     else:
-      window = self.window or k_cache.shape[2]
+      window = self.window or k_cache.shape[3]
       if self.append:
-        start = (layer, 0, index, 0, 0)
+        start = (layer, 0, 0, index, 0)
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
-      live = (1, b, window, kv, dh)
+      live = (1, b, kv, window, dh)
       k_all = jax.lax.dynamic_slice(k_cache, (layer, 0, 0, 0, 0), live)[0]
       v_all = jax.lax.dynamic_slice(v_cache, (layer, 0, 0, 0, 0), live)[0]
       if not self.append:
-        k_all = jnp.concatenate([k_all, k.astype(k_all.dtype)], axis=1)
-        v_all = jnp.concatenate([v_all, v.astype(v_all.dtype)], axis=1)
-    q = q.reshape(b, t, kv, h // kv, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_all.astype(q.dtype),
+        k_all = jnp.concatenate([k_all, k.astype(k_all.dtype)], axis=2)
+        v_all = jnp.concatenate([v_all, v.astype(v_all.dtype)], axis=2)
+    g = h // kv
+    q = q.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k_all.astype(q.dtype),
                         preferred_element_type=jnp.float32) / math.sqrt(dh)
-    scores = jnp.where(mask[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(cfg.dtype)).reshape(b, t, h * dh)
+    scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, t, -1), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype).reshape(b, kv, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_all.astype(cfg.dtype))
+    out = out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
     x = x + _dense(cfg, cfg.hidden_size, "o_proj", cfg.o_bias)(out)
     y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="post_attention_norm")(x)
     gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(y)
