@@ -1,7 +1,7 @@
 """Benchmarks: sampler and train-step speed against PyTorch transformers, env throughput, and one
 end-to-end training iteration. Writes docs/BENCHMARKS.md and docs/benchmarks.json with the machine.
 
-  python -m launch.benchmark --suites=model,envs,e2e
+  python -m launch.benchmark --suites=model,envs,e2e,cache
   python -m launch.benchmark --suites=e2e --baseline=a2df838   # this tree against a commit, side by side
 """
 
@@ -15,7 +15,7 @@ import platform
 
 from absl import app, flags
 
-SUITES = ("model", "envs", "e2e")
+SUITES = ("model", "envs", "e2e", "cache")
 _SUITES = flags.DEFINE_list("suites", list(SUITES), f"which benchmarks to run, of {SUITES}")
 _OUT = flags.DEFINE_string("out", "docs", "folder for BENCHMARKS.md and benchmarks.json")
 _QUICK = flags.DEFINE_bool("quick", False, "smaller sizes (a smoke run, not for reporting)")
