@@ -186,10 +186,10 @@ class ChatFormat:
 @functools.partial(jax.jit, static_argnums=0, static_argnames="window")
 def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, first, temperature, *,
                       window: int):
-  """Log-probs of candidate tokens continuing each row's context, under log_softmax(logits / temperature):
-  the per-token distribution that choose mode samples its actions from (temperature 0 scores with the
-  untempered logits). The candidates attend to the cached prefix (its first `window` slots) and are never
-  written to the cache, so any number of them fits.
+  """Log-probs of candidate tokens continuing each row's context: (untempered, tempered) [B, T], under
+  log_softmax(logits) and log_softmax(logits / temperature) (temperature 0: untempered twice). The
+  candidates attend to the cached prefix (its first `window` slots) and are never written to the cache, so
+  any number of them fits.
 
   tokens/valid/positions/first [B,T]: candidates packed per row; attn_mask [B,T,T] lets each candidate see
   only itself; first marks a candidate's first token (predicted by the context's last logits).
@@ -198,9 +198,12 @@ def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, fir
                                 append=False)
   prev = jnp.concatenate([ctx.last_logits[:, None], logits[:, :-1]], axis=1)
   prev = jnp.where(first[..., None], ctx.last_logits[:, None], prev)
+  prev = prev.astype(jnp.float32)
   scale = jnp.where(temperature > 0, temperature, 1.0)
-  logp = jax.nn.log_softmax(prev.astype(jnp.float32) / scale, axis=-1)
-  return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] * valid
+  def picked(logits):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] * valid
+  return picked(prev), picked(prev / scale)
 
 
 def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray):
@@ -423,9 +426,9 @@ class Roller:
       index, next_pos = jax.device_get((ctx.cache.index, ctx.next_pos))
       tokens, valid, positions, first, segment, attn = _pack_candidates(candidates, np.asarray(next_pos))
       window = sampling.live_window(int(index), ctx.cache.valid.shape[1])
-      logp = np.asarray(jax.device_get(_score_candidates(
+      logp, tempered_logp = jax.device_get(_score_candidates(
           self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(attn),
-          jnp.asarray(positions), jnp.asarray(first), jnp.float32(rcfg.temperature), window=window)))
+          jnp.asarray(positions), jnp.asarray(first), jnp.float32(rcfg.temperature), window=window))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
     actions: list[str | None] = []
     chosen_tokens: list[list[int]] = []
@@ -434,17 +437,20 @@ class Roller:
         actions.append(None)
         chosen_tokens.append([])
         continue
-      # A candidate's score is the sum of its tokens' tempered log-probs; the turn's action distribution is
-      # the softmax of the scores (what the learner recomputes at the same temperature).
+      # A candidate's score is the sum of its tokens' (untempered) log-probs; the turn's action is drawn
+      # from softmax(scores / temperature), whose log-prob is recorded (rl.policy.choice_scores recomputes
+      # it at the same temperature); temperature 0 takes the argmax and records softmax(scores).
       scores = np.array([logp[row][segment[row] == c].sum() for c in range(len(candidates[row]))],
                         np.float64)
-      log_probs = scores - _logsumexp(scores)
+      tempered = scores / (rcfg.temperature or 1.0)
+      log_probs = tempered - _logsumexp(tempered)
       if rcfg.temperature == 0:
         choice = int(np.argmax(scores))
       else:
         choice = int(rng.choice(len(scores), p=np.exp(log_probs)))
       cand = candidates[row][choice]
-      token_lp = logp[row][segment[row] == choice]
+      # Each chosen token carries its log-prob under the tempered token distribution (as in generate mode).
+      token_lp = tempered_logp[row][segment[row] == choice]
       ep.add(cand, agent=True, logprobs=token_lp)
       ep.choices.append((candidates[row], choice, float(log_probs[choice])))
       chosen_tokens.append(cand)

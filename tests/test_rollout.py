@@ -85,9 +85,10 @@ def _log_softmax64(x: np.ndarray) -> np.ndarray:
 
 
 def test_choose_mode_records_logprobs_of_the_tempered_distribution(setup):
-  """At temperature 0.7, each turn's choice log-prob is that of softmax over candidates of the summed
-  log_softmax(logits / 0.7) token log-probs, and the chosen tokens carry those token log-probs: both checked
-  against a float64 reference from full forwards without a cache."""
+  """At temperature 0.7, each turn's choice log-prob is that of softmax(scores / 0.7) over the candidates
+  (score: the sum of the candidate's untempered token log-probs, as rl.policy.choice_scores computes it), and
+  the chosen tokens carry log_softmax(logits / 0.7) token log-probs: both checked against a float64
+  reference from full forwards without a cache."""
   cfg, params, _, _, _ = setup
   temperature = 0.7
   checked = 0
@@ -100,12 +101,13 @@ def test_choose_mode_records_logprobs_of_the_tempered_distribution(setup):
       padded = np.zeros((len(seqs), width), np.int32)
       for i, x in enumerate(seqs):
         padded[i, :len(x)] = x
-      logp = _log_softmax64(np.asarray(models.logits(cfg, params, padded)) / temperature)
-      token_lp = [logp[i, start - 1 + np.arange(len(c)), c] for i, c in enumerate(cands)]
-      scores = np.array([t.sum() for t in token_lp])
-      np.testing.assert_allclose(lp, scores[choice] - np.log(np.exp(scores - scores.max()).sum())
-                                 - scores.max(), atol=2e-4)
-      np.testing.assert_allclose(ep.logprobs[start:start + len(cands[choice])], token_lp[choice], atol=2e-4)
+      logits = np.asarray(models.logits(cfg, params, padded), np.float64)
+      steps = [start - 1 + np.arange(len(c)) for c in cands]
+      logp, tempered = _log_softmax64(logits), _log_softmax64(logits / temperature)
+      scores = np.array([logp[i, s, c].sum() for i, (s, c) in enumerate(zip(steps, cands))]) / temperature
+      np.testing.assert_allclose(lp, _log_softmax64(scores)[choice], atol=2e-4)
+      np.testing.assert_allclose(ep.logprobs[start:start + len(cands[choice])],
+                                 tempered[choice, steps[choice], cands[choice]], atol=2e-4)
       checked += 1
   assert checked >= 2
 
@@ -134,7 +136,7 @@ def test_candidate_scores_are_those_of_the_real_context_however_full_the_cache(s
         candidates, np.asarray(ctx.next_pos))
     window = sampling.live_window(int(ctx.cache.index), slots)
     scores[slots] = np.asarray(rollout._score_candidates(
-        cfg, params, ctx, cand_tokens, cand_valid, attn, positions, first, np.float32(1.0), window=window))
+        cfg, params, ctx, cand_tokens, cand_valid, attn, positions, first, np.float32(1.0), window=window)[0])
   np.testing.assert_allclose(scores[32], scores[512], atol=1e-5)
   for row, (p, cands) in enumerate(zip(prompts, candidates)):
     for c, cand in enumerate(cands):
