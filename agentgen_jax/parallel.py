@@ -193,7 +193,7 @@ def state_shardings(mesh: Mesh, state):
 
 
 def cache_shardings(mesh: Mesh, tree):
-  """A KV cache or a sampling context: k / v [L, B, S, Hkv, Dh] rows (axis 1) over the batch axes,
+  """A KV cache or a sampling context: k / v [L, B, Hkv, S, Dh] rows (axis 1) over the batch axes,
   every other array (valid [B, S], next_pos [B], last_logits [B, V]) on its axis 0, scalars replicated."""
   rows = batch_axes(mesh)
   def spec(path, x):

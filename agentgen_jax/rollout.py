@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import time
 from typing import Any, Sequence
@@ -24,6 +25,9 @@ import numpy as np
 from agentgen_jax import models, parallel, sampling
 
 MODES = ("generate", "choose")
+# Why an episode ended before the env said done: its next turn would pass max_episode_tokens, or the
+# batch's KV cache (RolloutConfig.slots()) has no room for it.
+TRUNCATION_REASONS = ("episode_tokens", "cache")
 _SENTINEL = "\u2063AGENTGEN_TURN\u2063"
 
 
@@ -33,14 +37,31 @@ class RolloutConfig:
   max_turns: int | None = None          # None: the env's own cap (pool.info(name)["max_turns"])
   max_new_tokens: int = 64              # per agent turn (generate mode)
   max_episode_tokens: int = 2048        # prompt + all turns; an episode past it ends as truncated
-  temperature: float = 1.0              # 0 = greedy (generate) / argmax (choose)
-  top_p: float = 1.0
-  max_candidates: int = 32              # choose mode: valid actions beyond this are cut (listed order)
+  # Sampling temperature (both modes); episodes record log-probs of the tempered distribution (and of the
+  # renormalised top-p nucleus in generate mode): the learner must use the same temperature. 0 = greedy
+  # (generate) / argmax (choose), untempered log-probs (evaluation).
+  temperature: float = 1.0
+  top_p: float = 1.0                    # generate mode only; RL training refuses top_p < 1
+  # choose mode: 0 scores every listed valid action; n > 0 keeps the first n (listed order), warns once and
+  # counts the cut actions per episode (Episode.candidates_cut): a cut action can never be chosen.
+  max_candidates: int = 0
   system_prompt: str | None = None
+  # KV-cache slots per batch of episodes; 0 derives them from max_episode_tokens (turn chunks are padded
+  # to buckets and decode steps run for the longest row, so the slots outnumber the tokens). Episodes that
+  # cannot fit another turn end as truncated (truncated_reason "cache"). The cost of attention follows the
+  # slots in use, not this capacity.
+  cache_slots: int = 0
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"unknown action mode {self.mode!r}; valid: {', '.join(MODES)}")
+    if self.max_candidates < 0 or self.cache_slots < 0:
+      raise ValueError(f"max_candidates={self.max_candidates} and cache_slots={self.cache_slots} must be "
+                       ">= 0 (0: all candidates / derived from max_episode_tokens)")
+
+  def slots(self) -> int:
+    """The KV-cache capacity of a batch (cache_slots, or derived from max_episode_tokens)."""
+    return self.cache_slots or sampling.bucket(2 * self.max_episode_tokens + 4 * self.max_new_tokens)
 
 
 @dataclasses.dataclass
@@ -63,6 +84,8 @@ class Episode:
   score: float = 0.0
   env_error: str = ""
   truncated: bool = False
+  truncated_reason: str = ""      # why a truncated episode ended: TRUNCATION_REASONS
+  candidates_cut: int = 0         # choose mode: listed valid actions dropped by max_candidates
   actions: list[str] = dataclasses.field(default_factory=list)
   step_invalid: list[bool] = dataclasses.field(default_factory=list)
   out_of_turns: bool = False
@@ -79,6 +102,12 @@ class Episode:
     self.rewards += [0.0] * len(tokens)
     self.turn_ids += [self.turns if agent else -1] * len(tokens)
 
+  def truncate(self, reason: str) -> None:
+    """Ends the episode before the env did, for `reason` in TRUNCATION_REASONS."""
+    if reason not in TRUNCATION_REASONS:
+      raise ValueError(f"unknown truncation reason {reason!r}; valid: {', '.join(TRUNCATION_REASONS)}")
+    self.done, self.truncated, self.truncated_reason = True, True, reason
+
   def record(self, tag: str = "") -> dict[str, Any]:
     """The episode as a data.py record (also what study/ reads)."""
     return {"tokens": np.asarray(self.tokens, np.int32), "loss_mask": np.asarray(self.loss_mask, np.int8),
@@ -87,9 +116,13 @@ class Episode:
             "turn_ids": np.asarray(self.turn_ids, np.int32), "env": self.env, "task": self.task,
             "success": self.success, "score": float(self.score), "turns": self.turns,
             "n_tokens": len(self.tokens), "invalid": self.invalid, "env_error": bool(self.env_error),
+            "truncated": self.truncated, "truncated_reason": self.truncated_reason,
+            "candidates_cut": self.candidates_cut,
             "tag": tag, "transcript": json.dumps({"messages": self.messages, "actions": self.actions,
                                                    "step_invalid": self.step_invalid,
                                                    "truncated": self.truncated,
+                                                   "truncated_reason": self.truncated_reason,
+                                                   "candidates_cut": self.candidates_cut,
                                                    "out_of_turns": self.out_of_turns,
                                                    "ended_by_env": self.ended_by_env,
                                                    "max_turns": self.max_turns,
@@ -150,18 +183,27 @@ class ChatFormat:
     return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, first):
-  """Log-probs of candidate continuations appended to each row's context (the cache is not changed).
+@functools.partial(jax.jit, static_argnums=0, static_argnames="window")
+def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, first, temperature, *,
+                      window: int):
+  """Log-probs of candidate tokens continuing each row's context: (untempered, tempered) [B, T], under
+  log_softmax(logits) and log_softmax(logits / temperature) (temperature 0: untempered twice). The
+  candidates attend to the cached prefix (its first `window` slots) and are never written to the cache, so
+  any number of them fits.
 
   tokens/valid/positions/first [B,T]: candidates packed per row; attn_mask [B,T,T] lets each candidate see
   only itself; first marks a candidate's first token (predicted by the context's last logits).
   """
-  logits, _, _ = models.forward(cfg, params, tokens, positions, valid, ctx.cache, attn_mask)
+  logits, _, _ = models.forward(cfg, params, tokens, positions, valid, ctx.cache, attn_mask, window=window,
+                                append=False)
   prev = jnp.concatenate([ctx.last_logits[:, None], logits[:, :-1]], axis=1)
   prev = jnp.where(first[..., None], ctx.last_logits[:, None], prev)
-  logp = jax.nn.log_softmax(prev.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] * valid
+  prev = prev.astype(jnp.float32)
+  scale = jnp.where(temperature > 0, temperature, 1.0)
+  def picked(logits):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] * valid
+  return picked(prev), picked(prev / scale)
 
 
 def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray):
@@ -208,6 +250,7 @@ class Roller:
     self.mesh = mesh
     self.profile = profile
     self.timings: dict[str, float] = {}
+    self._warned_cut = False
 
   # ---- helpers -----------------------------------------------------------------------------------
 
@@ -267,24 +310,13 @@ class Roller:
         ep.pending = self.chat.prompt(ep.messages)
       ep.last_obs = obs
       episodes.append(ep)
-    # Slots: every turn uses a bucketed chunk plus the decoded tokens; holes are masked.
-    max_len = sampling.bucket(2 * rcfg.max_episode_tokens + 4 * rcfg.max_new_tokens)
     with self._timed("generate"):
-      ctx = self._synced(sampling.new_context(self.cfg, self._rows(len(tasks)), max_len, mesh=self.mesh))
-    while True:
-      active = [ep for ep in episodes if not ep.done]
-      if not active:
-        break
-      # End episodes that cannot fit another turn.
-      for ep in active:
-        need = len(ep.tokens) + len(ep.pending) + rcfg.max_new_tokens
-        if need > rcfg.max_episode_tokens:
-          ep.done, ep.truncated = True, True
-      chunk_len = sampling.bucket(max([len(ep.pending) for ep in episodes] + [1]))
-      if self._slots_left(ctx) < chunk_len + 2 * rcfg.max_new_tokens + 64:
-        for ep in episodes:
-          if not ep.done:
-            ep.done, ep.truncated = True, True
+      ctx = self._synced(sampling.new_context(self.cfg, self._rows(len(tasks)), rcfg.slots(),
+                                              mesh=self.mesh))
+    while not all(ep.done for ep in episodes):
+      # choose mode: this turn's candidates (token lists per row, [] for ended episodes) and names.
+      candidates, names = self._candidates(episodes) if rcfg.mode == "choose" else (None, None)
+      self._truncate_what_cannot_fit(ctx, episodes, candidates)
       if all(ep.done for ep in episodes):
         break
       chunks = [ep.pending if not ep.done else [] for ep in episodes]
@@ -298,7 +330,7 @@ class Roller:
       if rcfg.mode == "generate":
         ctx, actions = self._generate_turn(params, ctx, episodes, sub)
       else:
-        ctx, actions = self._choose_turn(params, ctx, episodes, sub)
+        ctx, actions = self._choose_turn(params, ctx, episodes, candidates, names, sub)
       with self._timed("env"):
         steps = self.pool.step(actions, parse=rcfg.mode == "generate")
       for ep, action, step in zip(episodes, actions, steps):
@@ -306,6 +338,51 @@ class Roller:
           continue
         self._after_step(ep, action, step)
     return episodes
+
+  def _truncate_what_cannot_fit(self, ctx, episodes: list[Episode], candidates) -> None:
+    """Ends the episodes whose next turn (env chunk + agent turn) would pass max_episode_tokens, then all of
+    them if the batch's shared cache has no room for the turn. The agent turn is bounded by max_new_tokens
+    (generate) or by the episode's longest candidate (choose)."""
+    rcfg = self.rcfg
+    def agent_len(row: int) -> int:
+      if candidates is None:
+        return rcfg.max_new_tokens
+      return max([len(c) for c in candidates[row]] + [1])
+    for row, ep in enumerate(episodes):
+      if not ep.done and len(ep.tokens) + len(ep.pending) + agent_len(row) > rcfg.max_episode_tokens:
+        ep.truncate("episode_tokens")
+    live = [row for row, ep in enumerate(episodes) if not ep.done]
+    if not live:
+      return
+    # Every row writes the same slots: the chunk is padded to the longest one, the agent turn takes the
+    # longest's slots (decode steps run while any row does; the chosen candidates are one padded chunk).
+    chunk = sampling.bucket(max(len(episodes[row].pending) for row in live))
+    if self._slots_left(ctx) < chunk + max(agent_len(row) for row in live):
+      for row in live:
+        episodes[row].truncate("cache")
+
+  def _candidates(self, episodes: list[Episode]) -> tuple[list[list[list[int]]], list[list[str]]]:
+    """Choose mode: each running episode's listed valid actions (cut to max_candidates if set: warned once,
+    counted per episode) and their token lists (action + end of turn)."""
+    rcfg = self.rcfg
+    candidates, names = [], []
+    for ep in episodes:
+      valid_actions = list(ep.last_obs.valid_actions or []) if not ep.done else []
+      if not ep.done and not valid_actions:
+        raise ValueError(f"env {ep.env!r} lists no valid actions: the choose mode needs them "
+                         "(use mode='generate')")
+      if rcfg.max_candidates and len(valid_actions) > rcfg.max_candidates:
+        ep.candidates_cut += len(valid_actions) - rcfg.max_candidates
+        if not self._warned_cut:
+          logging.warning("choose mode: %s lists %d valid actions, max_candidates=%d keeps the first %d; "
+                          "cut actions can never be chosen (counted in each episode's candidates_cut)",
+                          ep.env, len(valid_actions), rcfg.max_candidates, rcfg.max_candidates)
+          self._warned_cut = True
+        valid_actions = valid_actions[:rcfg.max_candidates]
+      names.append(valid_actions)
+      with self._timed("tokenize"):
+        candidates.append([self.chat.encode(a) + self.chat.end_of_turn for a in valid_actions])
+    return candidates, names
 
   def _after_step(self, ep: Episode, action: str, step) -> None:
     ep.turns += 1
@@ -351,25 +428,17 @@ class Roller:
         actions.append(self.chat.decode(tokens[row, :n]))
     return ctx, actions
 
-  def _choose_turn(self, params, ctx, episodes, rng):
+  def _choose_turn(self, params, ctx, episodes, candidates, names, rng):
     rcfg = self.rcfg
-    candidates: list[list[list[int]]] = []
-    names: list[list[str]] = []
-    for ep in episodes:
-      valid_actions = (ep.last_obs.valid_actions or [])[:rcfg.max_candidates] if not ep.done else []
-      if not ep.done and not valid_actions:
-        raise ValueError(f"env {ep.env!r} lists no valid actions: the choose mode needs them "
-                         "(use mode='generate')")
-      names.append(valid_actions)
-      with self._timed("tokenize"):
-        candidates.append([self.chat.encode(a) + self.chat.end_of_turn for a in valid_actions])
     with self._timed("generate"):
-      next_pos = np.asarray(jax.device_get(ctx.next_pos))
-      padded = candidates + [[]] * (len(next_pos) - len(candidates))
+      index, next_pos = jax.device_get((ctx.cache.index, ctx.next_pos))
+      next_pos = np.asarray(next_pos)
+      padded = candidates + [[]] * (len(next_pos) - len(candidates))  # mesh padding rows (see _rows)
       tokens, valid, positions, first, segment, attn = _pack_candidates(padded, next_pos)
-      logp = np.asarray(jax.device_get(_score_candidates(
+      window = sampling.live_window(int(index), ctx.cache.valid.shape[1])
+      logp, tempered_logp = jax.device_get(_score_candidates(
           self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(attn),
-          jnp.asarray(positions), jnp.asarray(first))))
+          jnp.asarray(positions), jnp.asarray(first), jnp.float32(rcfg.temperature), window=window))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
     actions: list[str | None] = []
     chosen_tokens: list[list[int]] = []
@@ -378,15 +447,20 @@ class Roller:
         actions.append(None)
         chosen_tokens.append([])
         continue
-      scores = np.array([logp[row][segment[row] == c].sum() for c in range(len(candidates[row]))])
-      log_probs = scores - _logsumexp(scores)
+      # A candidate's score is the sum of its tokens' (untempered) log-probs; the turn's action is drawn
+      # from softmax(scores / temperature), whose log-prob is recorded (rl.policy.choice_scores recomputes
+      # it at the same temperature); temperature 0 takes the argmax and records softmax(scores).
+      scores = np.array([logp[row][segment[row] == c].sum() for c in range(len(candidates[row]))],
+                        np.float64)
+      tempered = scores / (rcfg.temperature or 1.0)
+      log_probs = tempered - _logsumexp(tempered)
       if rcfg.temperature == 0:
         choice = int(np.argmax(scores))
       else:
-        tempered = scores / rcfg.temperature
-        choice = int(rng.choice(len(scores), p=np.exp(tempered - _logsumexp(tempered))))
+        choice = int(rng.choice(len(scores), p=np.exp(log_probs)))
       cand = candidates[row][choice]
-      token_lp = logp[row][segment[row] == choice]
+      # Each chosen token carries its log-prob under the tempered token distribution (as in generate mode).
+      token_lp = tempered_logp[row][segment[row] == choice]
       ep.add(cand, agent=True, logprobs=token_lp)
       ep.choices.append((candidates[row], choice, float(log_probs[choice])))
       chosen_tokens.append(cand)

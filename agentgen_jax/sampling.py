@@ -28,7 +28,10 @@ class Context:
 class Generated:
   """What one decode call produced; positions past `lengths` hold 0."""
   tokens: jax.Array    # [B, N] int32
-  logprobs: jax.Array  # [B, N] f32: log_softmax of the unmodified f32 logits at the sampled token
+  # [B, N] f32: the log-prob of each token under the distribution it was sampled from: log_softmax of
+  # logits / temperature, restricted and renormalised to the nucleus when top_p < 1; with temperature 0
+  # (greedy, for evaluation) the log_softmax of the untempered logits.
+  logprobs: jax.Array
   lengths: jax.Array   # [B] int32: tokens generated, the EOS / stop token included; 0 for inactive rows
 
 
@@ -44,6 +47,13 @@ def bucket(n: int, minimum: int = 16) -> int:
       return size * 3 // 2
     size *= 2
   return size
+
+
+def live_window(needed: int, capacity: int) -> int:
+  """The static attention window for a call that leaves `needed` slots in use: bucket(needed) (at least
+  128, so that short contexts share one program), at most the capacity. Attention then costs what the
+  live cache holds, within a bucket, whatever the context's capacity."""
+  return min(bucket(needed, minimum=128), capacity)
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,13 +74,13 @@ def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
   return _context_maker(cfg, batch, max_len, mesh)()
 
 
-def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array) -> Context:
+def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, window: int) -> Context:
   valid = valid.astype(bool)
   counts = valid.sum(axis=1).astype(jnp.int32)                                    # [B]
   positions = ctx.next_pos[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
   positions = jnp.maximum(positions, 0)
   _, hidden, cache = models.forward(cfg, params, tokens.astype(jnp.int32), positions, valid,
-                                    cache=ctx.cache)
+                                    cache=ctx.cache, window=window)
   # Only each row's last real token (wherever the padding sits: left, right or holes) goes through the
   # head: the forward's own [B, T, V] logits are then unused and XLA drops them (for SmolLM2-135M the
   # head is a fifth of the prefill FLOPs and the largest activation).
@@ -82,7 +92,7 @@ def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array) -> C
   return Context(cache=cache, next_pos=ctx.next_pos + counts, last_logits=last_logits)
 
 
-_extend_jit = jax.jit(_extend, static_argnames="cfg", donate_argnames="ctx")
+_extend_jit = jax.jit(_extend, static_argnames=("cfg", "window"), donate_argnames="ctx")
 
 
 def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
@@ -94,7 +104,8 @@ def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
   tokens, valid = np.asarray(tokens, np.int32), np.asarray(valid, bool)
   if tokens.shape != valid.shape or tokens.ndim != 2:
     raise ValueError(f"tokens {tokens.shape} and valid {valid.shape} must both be [B, T]")
-  capacity = ctx.cache.valid.shape[1] - int(ctx.cache.index)
+  index = int(ctx.cache.index)
+  capacity = ctx.cache.valid.shape[1] - index
   length = tokens.shape[1]
   if length > capacity:
     raise ValueError(f"chunk of {length} tokens does not fit: {capacity} of "
@@ -104,7 +115,8 @@ def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
     tokens = np.pad(tokens, ((0, 0), (0, padded - length)))
     valid = np.pad(valid, ((0, 0), (0, padded - length)))
   tokens, valid = _like_rows(ctx, tokens), _like_rows(ctx, valid)
-  return _extend_jit(cfg, params, ctx, tokens, valid)
+  window = live_window(index + padded, ctx.cache.valid.shape[1])
+  return _extend_jit(cfg, params, ctx, tokens, valid, window=window)
 
 
 def _like_rows(ctx: Context, x: np.ndarray):
@@ -130,60 +142,65 @@ def _top_p_logits(logits: jax.Array, top_p: jax.Array) -> jax.Array:
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def _sample(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
-  """logits [B, V] f32 -> tokens [B] int32; argmax when temperature == 0."""
+def _sample(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+  """logits [B, V] f32 -> (tokens [B] int32, logprobs [B] f32 of each token under the distribution sampled
+  from: logits / temperature, top-p-truncated and renormalised); argmax and untempered log-probs when
+  temperature == 0."""
+  def pick(token, dist):
+    return token, jnp.take_along_axis(jax.nn.log_softmax(dist, axis=-1), token[:, None], axis=-1)[:, 0]
   def sampled(_):
     scaled = logits / temperature
     scaled = jax.lax.cond(top_p < 1.0, lambda x: _top_p_logits(x, top_p), lambda x: x, scaled)
-    return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+    return pick(jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32), scaled)
   def greedy(_):
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return pick(jnp.argmax(logits, axis=-1).astype(jnp.int32), logits)
   # A real branch (not jnp.where): greedy decoding skips the sort that top-p needs.
   return jax.lax.cond(temperature > 0, sampled, greedy, None)
 
 
 def _decode(cfg, params, ctx: Context, rng, active, temperature, top_p, *, max_new_tokens: int,
-            eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...]):
-  batch, slots = ctx.cache.valid.shape
-  window = max([len(s) for s in stop_seqs], default=1)
+            eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...], window: int):
+  batch, _ = ctx.cache.valid.shape
+  stop_len = max([len(s) for s in stop_seqs], default=1)
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
   def cond(state):
     step, ctx, _, _, _, done, _, _ = state
-    # Stop when every row is done, at max_new_tokens, or when the cache is full.
-    return (step < max_new_tokens) & ~jnp.all(done) & (ctx.cache.index < slots)
+    # Stop when every row is done, at max_new_tokens, or when the attention window (the cache) is full.
+    return (step < max_new_tokens) & ~jnp.all(done) & (ctx.cache.index < window)
 
   def body(state):
     step, ctx, rng, tokens, logprobs, done, lengths, recent = state
     rng, key = jax.random.split(rng)
     running = ~done
-    token = _sample(ctx.last_logits, key, temperature, top_p)
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(ctx.last_logits, axis=-1), token[:, None], axis=-1)
+    token, logprob = _sample(ctx.last_logits, key, temperature, top_p)
+    logprob = logprob[:, None]
     token = jnp.where(running, token, 0)
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
     logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(running[:, None], logprob, 0.0), (0, step))
     # The sampled token (EOS included) goes into the cache so that the next turn continues after it.
     logits, _, cache = models.forward(cfg, params, token[:, None], ctx.next_pos[:, None], running[:, None],
-                                      cache=ctx.cache)
+                                      cache=ctx.cache, window=window)
     ctx = Context(cache=cache, next_pos=ctx.next_pos + running,
                   last_logits=jnp.where(running[:, None], logits[:, 0].astype(jnp.float32), ctx.last_logits))
     lengths = lengths + running
     recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
     stopped = jnp.isin(token, eos)
     for seq in stop_seqs:
-      match = jnp.all(recent[:, window - len(seq):] == jnp.asarray(seq, jnp.int32)[None], axis=1)
+      match = jnp.all(recent[:, stop_len - len(seq):] == jnp.asarray(seq, jnp.int32)[None], axis=1)
       stopped |= match & (lengths >= len(seq))
     done = done | (running & stopped)
     return step + 1, ctx, rng, tokens, logprobs, done, lengths, recent
 
   state = (jnp.int32(0), ctx, rng, jnp.zeros((batch, max_new_tokens), jnp.int32),
            jnp.zeros((batch, max_new_tokens), jnp.float32), ~active.astype(bool),
-           jnp.zeros((batch,), jnp.int32), jnp.full((batch, window), -1, jnp.int32))
+           jnp.zeros((batch,), jnp.int32), jnp.full((batch, stop_len), -1, jnp.int32))
   _, ctx, _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, state)
   return ctx, Generated(tokens=tokens, logprobs=logprobs, lengths=lengths)
 
 
-_decode_jit = jax.jit(_decode, static_argnames=("cfg", "max_new_tokens", "eos_ids", "stop_seqs"),
+_decode_jit = jax.jit(_decode, static_argnames=("cfg", "max_new_tokens", "eos_ids", "stop_seqs", "window"),
                       donate_argnames="ctx")
 
 
@@ -203,12 +220,13 @@ def decode(cfg, params, ctx: Context, rng, active, *, max_new_tokens: int, tempe
     raise ValueError(f"temperature={temperature}; it must be >= 0 (0 = greedy)")
   if isinstance(rng, int):
     rng = jax.random.key(rng)
+  window = live_window(int(ctx.cache.index) + max_new_tokens, ctx.cache.valid.shape[1])
   # temperature and top_p enter as traced arrays, not Python floats: a float would be baked into the
   # compiled program as a constant, and every new value (a schedule, eval vs train) would recompile.
   return _decode_jit(cfg, params, ctx, rng, _like_rows(ctx, np.asarray(active, bool)),
                      jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
                      max_new_tokens=int(max_new_tokens), eos_ids=tuple(int(i) for i in eos_ids),
-                     stop_seqs=tuple(tuple(int(t) for t in s) for s in stop_seqs if len(s)))
+                     stop_seqs=tuple(tuple(int(t) for t in s) for s in stop_seqs if len(s)), window=window)
 
 
 def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:

@@ -1,7 +1,8 @@
 """Benchmarks: sampler and train-step speed against PyTorch transformers, env throughput, and one
 end-to-end training iteration. Writes docs/BENCHMARKS.md and docs/benchmarks.json with the machine.
 
-  python -m launch.benchmark --suites=model,envs,e2e
+  python -m launch.benchmark --suites=model,envs,e2e,cache
+  python -m launch.benchmark --suites=e2e --baseline=a2df838   # this tree against a commit, side by side
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from absl import app, flags
 
 from launch import validate
 
-SUITES = ("model", "envs", "e2e")
+SUITES = ("model", "envs", "e2e", "cache")
 _SUITES = flags.DEFINE_list("suites", list(SUITES), f"which benchmarks to run, of {SUITES}")
 _OUT = flags.DEFINE_string("out", "docs", "folder for BENCHMARKS.md and benchmarks.json")
 _QUICK = flags.DEFINE_bool("quick", False, "smaller sizes (a smoke run, not for reporting)")
+_BASELINE = flags.DEFINE_string(
+    "baseline", "", "a git commit: the e2e suite then also runs the tiny RL iteration of that commit (in a "
+    "temporary git worktree) alternating with this tree's, and reports both and their ratio")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "with --baseline: fresh processes per tree (medians reported)")
 
 
 def machine() -> dict:
@@ -88,7 +93,10 @@ def main(argv):
   rows = []
   for suite in _SUITES.value:
     module = importlib.import_module(f"launch.benchmarks.{suite}")
-    rows += module.run(quick=_QUICK.value)
+    if suite == "e2e" and _BASELINE.value:
+      rows += module.compare(_BASELINE.value, quick=_QUICK.value, repeats=_REPEATS.value)
+    else:
+      rows += module.run(quick=_QUICK.value)
   os.makedirs(_OUT.value, exist_ok=True)
   json_path = os.path.join(_OUT.value, "benchmarks.json")
   previous = {}

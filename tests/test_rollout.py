@@ -1,12 +1,15 @@
 """The rollout driver: KV-cache turns give the same log-probs the learner recomputes on the whole episode
 (token and choice mode), masks cover agent tokens only, expert episodes solve their tasks."""
 
+import json
+import logging
+
 import jax
 import numpy as np
 import pytest
 
 import envs
-from agentgen_jax import models, rollout
+from agentgen_jax import models, rollout, sampling
 from agentgen_jax import tokenizer as tokenizer_lib
 from agentgen_jax.demos import expert_episodes
 from agentgen_jax.rl import batch as rl_batch
@@ -75,12 +78,99 @@ def test_choice_logprobs_match_learner_recompute(setup):
   assert (batch["old_logprobs"][mask] <= 1e-6).all()
 
 
+def _log_softmax64(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  m = x.max(axis=-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def test_choose_mode_records_logprobs_of_the_tempered_distribution(setup):
+  """At temperature 0.7, each turn's choice log-prob is that of softmax(scores / 0.7) over the candidates
+  (score: the sum of the candidate's untempered token log-probs, as rl.policy.choice_scores computes it), and
+  the chosen tokens carry log_softmax(logits / 0.7) token log-probs: both checked against a float64
+  reference from full forwards without a cache."""
+  cfg, params, _, _, _ = setup
+  temperature = 0.7
+  checked = 0
+  for ep in _run(setup, "choose", temperature=temperature)[:2]:
+    turn_ids = np.asarray(ep.turn_ids)
+    for k, (cands, choice, lp) in enumerate(ep.choices):
+      start = int(np.nonzero(turn_ids == k)[0][0])
+      seqs = [ep.tokens[:start] + c for c in cands]
+      width = sampling.bucket(max(len(x) for x in seqs))
+      padded = np.zeros((len(seqs), width), np.int32)
+      for i, x in enumerate(seqs):
+        padded[i, :len(x)] = x
+      logits = np.asarray(models.logits(cfg, params, padded), np.float64)
+      steps = [start - 1 + np.arange(len(c)) for c in cands]
+      logp, tempered = _log_softmax64(logits), _log_softmax64(logits / temperature)
+      scores = np.array([logp[i, s, c].sum() for i, (s, c) in enumerate(zip(steps, cands))]) / temperature
+      np.testing.assert_allclose(lp, _log_softmax64(scores)[choice], atol=2e-4)
+      np.testing.assert_allclose(ep.logprobs[start:start + len(cands[choice])],
+                                 tempered[choice, steps[choice], cands[choice]], atol=2e-4)
+      checked += 1
+  assert checked >= 2
+
+
 def test_greedy_choose_takes_the_highest_scoring_candidate(setup):
   episodes = _run(setup, "choose", temperature=0.0)
   for ep in episodes:
     for cands, choice, lp in ep.choices:
       # the argmax of a softmax over n candidates has probability >= 1/n
       assert 0 <= choice < len(cands) and lp >= np.log(1.0 / len(cands)) - 1e-6
+
+
+def test_candidate_scores_are_those_of_the_real_context_however_full_the_cache(setup):
+  """Candidates totalling more tokens than the cache has slots left are scored against the cached prefix
+  (never written past the end): same log-probs as with a roomy cache and as a float64 full forward."""
+  cfg, params, _, _, _ = setup
+  prompts = [list(range(30, 50)), list(range(60, 73))]
+  candidates = [[[5, 6, 7], [8, 9, 10, 11], [12] * 6], [[3] * 10, [4, 5]]]
+  tokens, valid = np.zeros((2, 20), np.int32), np.zeros((2, 20), bool)
+  for row, p in enumerate(prompts):
+    tokens[row, :len(p)], valid[row, :len(p)] = p, True
+  scores = {}
+  for slots in (32, 512):   # the prompt chunk takes 24 slots: 8 are left for 13 + 12 candidate tokens
+    ctx = sampling.extend(cfg, params, sampling.new_context(cfg, 2, slots), tokens, valid)
+    cand_tokens, cand_valid, positions, first, segment, attn = rollout._pack_candidates(
+        candidates, np.asarray(ctx.next_pos))
+    window = sampling.live_window(int(ctx.cache.index), slots)
+    scores[slots] = np.asarray(rollout._score_candidates(
+        cfg, params, ctx, cand_tokens, cand_valid, attn, positions, first, np.float32(1.0), window=window)[0])
+  np.testing.assert_allclose(scores[32], scores[512], atol=1e-5)
+  for row, (p, cands) in enumerate(zip(prompts, candidates)):
+    for c, cand in enumerate(cands):
+      logp = _log_softmax64(np.asarray(models.logits(cfg, params, np.asarray([p + cand]))))[0]
+      ref = logp[len(p) - 1 + np.arange(len(cand)), cand]
+      np.testing.assert_allclose(scores[32][row][segment[row] == c], ref, atol=2e-4)
+
+
+def test_choose_turn_past_the_cache_capacity_ends_truncated_and_counted(setup):
+  cfg, params, tok, pool, tasks = setup
+  chat = rollout.ChatFormat(tok)
+  prompts = [chat.prompt(chat.first_messages(pool.info(name)["instruction"], obs.text))
+             for (name, _), obs in zip(tasks, pool.reset(tasks))]
+  # Room for the first prompt chunk and 4 more slots: no listed action (plus end of turn) fits.
+  slots = sampling.bucket(max(len(p) for p in prompts)) + 4
+  rcfg = rollout.RolloutConfig(mode="choose", max_turns=3, max_episode_tokens=1024, cache_slots=slots)
+  for ep in rollout.Roller(cfg, tok, pool, rcfg).run(params, tasks, jax.random.PRNGKey(0)):
+    assert ep.truncated and ep.truncated_reason == "cache" and ep.turns == 0
+    record = ep.record()
+    assert record["truncated"] and record["truncated_reason"] == "cache"
+    assert json.loads(record["transcript"])["truncated_reason"] == "cache"
+
+
+def test_max_candidates_cut_warns_once_and_is_counted(setup, caplog):
+  cfg, params, tok, pool, tasks = setup
+  rcfg = rollout.RolloutConfig(mode="choose", max_turns=2, max_episode_tokens=1024, max_candidates=1)
+  with caplog.at_level(logging.WARNING):
+    episodes = rollout.Roller(cfg, tok, pool, rcfg).run(params, tasks, jax.random.PRNGKey(0))
+  assert sum("max_candidates=1" in r.getMessage() for r in caplog.records) == 1
+  for ep in episodes:
+    assert all(len(cands) == 1 for cands, _, _ in ep.choices)
+    assert ep.candidates_cut > 0 and ep.record()["candidates_cut"] == ep.candidates_cut
+  # The default keeps every listed action.
+  assert rollout.RolloutConfig().max_candidates == 0
 
 
 def test_episode_token_budget_truncates(setup):

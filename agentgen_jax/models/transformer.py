@@ -22,8 +22,9 @@ _MASKED = -1e30
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of every layer; slot s of row b counts only where valid[b, s]."""
-  k: jax.Array      # [L, B, S, Hkv, Dh] compute dtype
-  v: jax.Array      # [L, B, S, Hkv, Dh] compute dtype
+  # Heads before slots: a layer's window [B, Hkv, :W, Dh] is what the attention matmuls read, as is.
+  k: jax.Array      # [L, B, Hkv, S, Dh] compute dtype
+  v: jax.Array      # [L, B, Hkv, S, Dh] compute dtype
   valid: jax.Array  # [B, S] bool
   # An int32 scalar array, not a Python int: advancing it must not change the jit cache key.
   index: jax.Array  # [] int32: the first slot the next forward writes
@@ -31,7 +32,7 @@ class KVCache:
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
   """An empty cache of max_len slots per row."""
-  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
   return KVCache(k=jnp.zeros(shape, cfg.dtype), v=jnp.zeros(shape, cfg.dtype),
                  valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
@@ -95,8 +96,14 @@ def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn
 
 class Block(nn.Module):
   """One decoder layer under nn.scan. The carry holds x and the whole stacked cache, which is updated in
-  place at [layer, :, index:index+T]: scanning the cache as xs -> ys would copy all of it every step."""
+  place at [layer, :, index:index+T]: scanning the cache as xs -> ys would copy all of it every step.
+
+  Attention reads only the cache's first `window` slots (a static size: the live part, so that a step's cost
+  follows the tokens in the cache, not its capacity). With append=False the new keys are not written: they
+  are attended after the window (scoring continuations of a shared prefix without touching the cache)."""
   cfg: ModelConfig
+  window: int | None = None
+  append: bool = True
 
   @nn.compact
   def __call__(self, carry, layer, rope, mask, index):
@@ -109,19 +116,31 @@ class Block(nn.Module):
     k = _dense(cfg, kv * dh, "k_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
     v = _dense(cfg, kv * dh, "v_proj", cfg.qkv_bias)(y).reshape(b, t, kv, dh)
     q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-    if k_cache is not None:
-      start = (layer, 0, index, 0, 0)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
-      k_all, v_all = k_cache[layer], v_cache[layer]
-    else:
+    # Heads-major [B, Hkv, T, Dh] operands: the attention matmuls then batch over (B, Hkv) on contiguous
+    # [T, Dh] blocks (a [B, T, H, Dh] einsum made XLA:CPU transpose them, forward and backward).
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    if k_cache is None:
       k_all, v_all = k, v
-    q = q.reshape(b, t, kv, h // kv, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_all.astype(q.dtype),
+    else:
+      window = self.window or k_cache.shape[3]
+      if self.append:
+        start = (layer, 0, 0, index, 0)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
+      live = (1, b, kv, window, dh)
+      k_all = jax.lax.dynamic_slice(k_cache, (layer, 0, 0, 0, 0), live)[0]
+      v_all = jax.lax.dynamic_slice(v_cache, (layer, 0, 0, 0, 0), live)[0]
+      if not self.append:
+        k_all = jnp.concatenate([k_all, k.astype(k_all.dtype)], axis=2)
+        v_all = jnp.concatenate([v_all, v.astype(v_all.dtype)], axis=2)
+    g = h // kv
+    q = q.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k_all.astype(q.dtype),
                         preferred_element_type=jnp.float32) / math.sqrt(dh)
-    scores = jnp.where(mask[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_all.astype(cfg.dtype)).reshape(b, t, h * dh)
+    scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, t, -1), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype).reshape(b, kv, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_all.astype(cfg.dtype))
+    out = out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
     x = x + _dense(cfg, cfg.hidden_size, "o_proj", cfg.o_bias)(out)
     y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="post_attention_norm")(x)
     gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(y)
@@ -142,6 +161,8 @@ def _remat(block, policy: str):
 class Decoder(nn.Module):
   """Embedding, the scanned layers (params stacked on a leading [L] axis), final norm, LM head."""
   cfg: ModelConfig
+  window: int | None = None
+  append: bool = True
 
   @nn.compact
   def __call__(self, tokens, rope, mask, kv, index):
@@ -153,8 +174,8 @@ class Decoder(nn.Module):
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
     k_cache, v_cache = kv if kv is not None else (None, None)
-    (x, k_cache, v_cache), _ = layers(cfg, name="layers")((x, k_cache, v_cache),
-                                                          jnp.arange(cfg.num_layers), rope, mask, index)
+    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, name="layers")(
+        (x, k_cache, v_cache), jnp.arange(cfg.num_layers), rope, mask, index)
     hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
       head = {"embed": {"embedding": embed.embedding}}
@@ -196,14 +217,18 @@ def _init(cfg: ModelConfig, rng):
 
 def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
             valid: jax.Array | None = None, cache: KVCache | None = None,
-            attn_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, KVCache | None]:
+            attn_mask: jax.Array | None = None, *, window: int | None = None,
+            append: bool = True) -> tuple[jax.Array, jax.Array, KVCache | None]:
   """tokens, positions [B, T] int32 (logical RoPE positions), valid [B, T] bool (default all True).
 
   Without a cache, query i sees key j iff attn_mask[b, i, j] if given, else j <= i and valid[b, j].
-  With a cache, the T tokens go to slots [index, index + T) (valid copied there); a query sees earlier
-  slots that are valid, plus the new tokens per attn_mask [B, T, T] (default causal & valid). The caller
-  keeps index + T <= S (writes past the end are clamped by XLA, not checked).
-  Returns logits [B, T, V] f32, hidden [B, T, D] f32 (final-norm output), the new cache (index + T) or None.
+  With a cache, a query sees the valid slots before `index` among the first `window` slots (a static int;
+  default all S: the cost follows the window, so callers pass a bucket of the live length), plus the new
+  tokens per attn_mask [B, T, T] (default causal & valid). append=True writes the T tokens to slots
+  [index, index + T) (valid copied there) and returns the cache advanced by T; the caller keeps
+  index + T <= window <= S (XLA clamps writes past the end, unchecked). append=False leaves the cache as
+  it is (returns None for it): the tokens are scored as a continuation of the cached prefix.
+  Returns logits [B, T, V] f32, hidden [B, T, D] f32 (final-norm output), the new cache or None.
   """
   b, t = tokens.shape
   valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
@@ -214,13 +239,18 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   if cache is None:
     logits, hidden, _ = Decoder(cfg).apply({"params": params}, tokens, rope, attn_mask, None, jnp.int32(0))
     return logits, hidden, None
-  slots = cache.valid.shape[1]
+  window = window or cache.valid.shape[1]
   index = cache.index.astype(jnp.int32)
-  earlier = (jnp.arange(slots) < index)[None, None, :] & cache.valid[:, None, :]
-  new = jax.lax.dynamic_update_slice(jnp.zeros((b, t, slots), bool), attn_mask, (0, 0, index))
-  mask = earlier | new
-  logits, hidden, (k, v) = Decoder(cfg).apply({"params": params}, tokens, rope, mask, (cache.k, cache.v),
-                                              index)
+  earlier = (jnp.arange(window) < index)[None, None, :] & cache.valid[:, None, :window]
+  if append:
+    new = jax.lax.dynamic_update_slice(jnp.zeros((b, t, window), bool), attn_mask, (0, 0, index))
+    mask = earlier | new
+  else:
+    mask = jnp.concatenate([jnp.broadcast_to(earlier, (b, t, window)), attn_mask], axis=-1)
+  logits, hidden, (k, v) = Decoder(cfg, window, append).apply(
+      {"params": params}, tokens, rope, mask, (cache.k, cache.v), index)
+  if not append:
+    return logits, hidden, None
   new_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
   return logits, hidden, KVCache(k=k, v=v, valid=new_valid, index=index + t)
 

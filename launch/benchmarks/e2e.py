@@ -5,9 +5,14 @@ learning and checkpointing; the target is env time < 10% of the iteration. `run(
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from typing import Sequence
 
 import jax
 
@@ -196,6 +201,97 @@ def rows(result: dict, load: tuple[float, float]) -> list[dict]:
                   steady < ENV_SHARE_TARGET,
                   f"env {parts['env']:.2f} s of {wall:.2f} s; {100 * steady:.2f}% of the "
                   f"{wall - f['compile_s']:.2f} s left without the {f['compile_s']:.1f} s of XLA compile"))
+  return out
+
+
+# Run inside a tree (cwd and PYTHONPATH = its root): measures the named settings with that tree's own e2e
+# module (the API of measure() is the same at the baseline commit) and prints one JSON line.
+_DRIVER = """
+import json, sys
+from launch.benchmarks import e2e
+names, timed, quick = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3] == "1"
+out = {}
+for s in e2e.settings(quick):
+  if s.name in names:
+    r = e2e.measure(s, warmup=1, timed=timed)
+    out[s.name] = {"wall": r["wall"], "parts": r["parts"], "facts": r["facts"]}
+print("E2E_JSON " + json.dumps(out))
+"""
+SPEEDUP_TARGET = 3.0
+
+
+def _measure_tree(root: str, names: Sequence[str], timed: int, quick: bool) -> dict:
+  """The settings measured in a fresh Python process running the code of the tree at `root`."""
+  env = dict(os.environ, PYTHONPATH=root)
+  proc = subprocess.run([sys.executable, "-c", _DRIVER, ",".join(names), str(timed), "1" if quick else "0"],
+                        cwd=root, env=env, capture_output=True, text=True, check=False)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("E2E_JSON ")]
+  if proc.returncode or not lines:
+    raise RuntimeError(f"the e2e benchmark failed in {root} (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1][len("E2E_JSON "):])
+
+
+def _repo_root() -> str:
+  here = os.path.dirname(os.path.abspath(__file__))
+  return subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                        check=True).stdout.strip()
+
+
+def compare(baseline: str, quick: bool = False, repeats: int = 3, timed: int = 2) -> list[dict]:
+  """The tiny RL iteration of both action modes at commit `baseline` (checked out in a temporary git
+  worktree, removed after) and in this tree, alternating in one run: `repeats` fresh processes each, every
+  one the mean of `timed` warm iterations; rows of the medians and their ratio (this tree / baseline)."""
+  root = _repo_root()
+  names = [s.name for s in settings(quick) if s.name.startswith("tiny")]   # minutes per run, not hours
+  commit = subprocess.run(["git", "rev-parse", "--short", baseline], cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip()
+  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                        check=True).stdout.strip()
+  runs: dict[str, list[dict]] = {"baseline": [], "current": []}
+  load = [os.getloadavg()[0]]
+  with tempfile.TemporaryDirectory() as tmp:
+    tree = os.path.join(tmp, "baseline")
+    subprocess.run(["git", "worktree", "add", "--detach", tree, baseline], cwd=root, check=True,
+                   capture_output=True)
+    try:
+      for _ in range(repeats):
+        runs["baseline"].append(_measure_tree(tree, names, timed, quick))
+        runs["current"].append(_measure_tree(root, names, timed, quick))
+        load.append(os.getloadavg()[0])
+    finally:
+      subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root, check=False,
+                     capture_output=True)
+  return compare_rows(runs, names, commit, head, load, timed)
+
+
+def compare_rows(runs: dict[str, list[dict]], names: Sequence[str], commit: str, head: str,
+                 load: Sequence[float], timed: int) -> list[dict]:
+  """Per setting: iteration, rollout and learning seconds (medians over the runs), this tree against the
+  baseline; the iteration row holds the speed-up target."""
+  out = []
+  busy = max(load) > 0.5 * (os.cpu_count() or 1)
+  for name in names:
+    group = f"e2e vs baseline {commit}: one RL iteration, {name}"
+    def median(tree, f, name=name):
+      return statistics.median(f(r[name]) for r in runs[tree])
+    parts = {"iteration": lambda r: r["wall"], "rollout (generation + env + chat template)":
+             lambda r: r["facts"]["rollout_s"], "learning (batch, advantages, update)":
+             lambda r: r["parts"]["learn"]}
+    note = (f"medians of {len(runs['current'])} alternating fresh processes per tree, each the mean of "
+            f"{timed} warm iterations; this tree at {head} (+ uncommitted changes, if any); load average "
+            f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores"
+            + (" (machine busy with other processes: ratios only)" if busy else ""))
+    for metric, f in parts.items():
+      ours, ref = median("current", f), median("baseline", f)
+      row = {"group": group, "metric": metric, "ours": ours, "reference": ref,
+             "reference_name": f"commit {commit}", "unit": "s", "target": "", "met": None, "notes": note}
+      if metric == "iteration":
+        row["target"] = f"<= 1/{SPEEDUP_TARGET:g} of baseline"
+        row["met"] = ours * SPEEDUP_TARGET <= ref
+        current = statistics.median(r[name]["facts"]["rollout_s"] / r[name]["wall"] for r in runs["current"])
+        row["notes"] += (f"; {ref / ours:.2f}x faster; rollout {100 * current:.0f}% of this tree's "
+                         "iteration")
+      out.append(row)
   return out
 
 
