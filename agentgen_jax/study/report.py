@@ -52,12 +52,7 @@ def envs_in_order(evals: Sequence[dict]) -> list[str]:
 
 # ---- plots ------------------------------------------------------------------------------------------
 
-def one_difficulty(evals: Sequence[dict]) -> list[dict]:
-  """The evals of one difficulty, for views with one cell per (stage, env): "all" when present, else the
-  first difficulty evaluated (e.g. "easy" for a study evaluated on easy tasks only)."""
-  difficulties = list(dict.fromkeys(e.get("difficulty") or "all" for e in evals))
-  pick = "all" if "all" in difficulties else (difficulties[0] if difficulties else "all")
-  return [e for e in evals if (e.get("difficulty") or "all") == pick]
+one_difficulty = metrics.one_difficulty  # kept here for callers of report.one_difficulty
 
 
 def _pyplot():
