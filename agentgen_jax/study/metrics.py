@@ -374,6 +374,8 @@ def mean_over_seeds(evals: Sequence[dict]) -> list[dict]:
     for key, value in members[0].items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
         vs = [m.get(key) for m in members if m.get(key) is not None]
+        if len(set(vs)) == 1 and len(vs) == len(members):
+          continue  # the same in every seed (n_tasks, k): kept as it is
         merged[key] = sum(vs) / len(vs) if len(vs) == len(members) else None
     merged["n_seeds"] = len(members)
     out.append(merged)
