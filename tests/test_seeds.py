@@ -78,3 +78,13 @@ def test_pooled_failure_tables_weight_by_failures():
   pooled = seeds.pool_failure_tables([a, b])["x"]
   assert pooled["episodes"] == 20 and pooled["failures"] == 5
   assert pooled["labels"]["confirmation_bias"] == pytest.approx(40.0)
+
+
+def test_one_seed_runs_in_the_workdir_itself_and_gains_intervals(tmp_path):
+  results = seeds.run_seeds(_config(1), str(tmp_path), _train_like_run, n_boot=20)
+  assert not any(name.startswith("seed_") for name in os.listdir(tmp_path))
+  assert [e["seed"] for e in results["evals"]] == [10, 10]
+  stored = json.load(open(tmp_path / "results.json"))
+  assert stored["metrics"]["bootstrap"]["seeds"] == [10]
+  assert set(stored["metrics"]["intervals"]["transfer/rl/babyai/all"]["per_seed"]) == {"10"}
+  assert "## Evaluations\n" in open(tmp_path / "report.md").read()

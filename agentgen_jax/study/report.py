@@ -240,7 +240,7 @@ def render_markdown(results: dict, plots: Sequence[str]) -> str:
     summary = ", ".join(f"{k}={config[k]}" for k in keys if k in config)
     lines += [f"Config: {summary}", ""]
   lines += interval_sections(results)
-  seeded = any("seed" in e for e in evals)
+  seeded = len(metrics.seeds_of(evals)) > 1
   if seeded:
     evals = metrics.mean_over_seeds(evals)
   lines += ["## Evaluations" + (" (means over seeds; per-seed evals in results.json)" if seeded else ""), ""]

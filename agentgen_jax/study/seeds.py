@@ -84,7 +84,17 @@ def pool_failure_tables(tables: list[dict]) -> dict:
 def run_seeds(c: ml_collections.ConfigDict, workdir: str, run_protocol: RunProtocol,
               n_boot: int = 1000) -> dict:
   """Runs `run_protocol(config_for_seed, seed_dir)` for every seed of c (each run resumes from its own
-  folder), then writes the merged results.json and report.md into workdir. Returns the merged results."""
+  folder), then writes the merged results.json and report.md into workdir. Returns the merged results.
+
+  One seed runs in workdir itself, as without this runner (same layout, resumable as before); its results
+  gain the interval metrics (over tasks only) beside the protocol's own.
+  """
+  if len(seed_list(c)) == 1:
+    results = run_protocol(c, workdir)
+    results["evals"] = [dict(e, seed=int(c.seed)) for e in results["evals"]]
+    results.setdefault("metrics", {}).update(metrics.study_metrics(results, n_boot=n_boot))
+    report.write_report(results, workdir)
+    return results
   per_seed = {}
   for seed in seed_list(c):
     per_seed[seed] = run_protocol(seed_config(c, seed), seed_dir(workdir, seed))
