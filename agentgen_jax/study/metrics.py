@@ -242,16 +242,29 @@ def seed_metrics(evals: Sequence[dict], shape: Shape, metric: str = "avg_score")
   return out
 
 
+def sequences(evals: Sequence[dict], orders: Sequence[Sequence[str]],
+              metric: str = "avg_score") -> list[dict]:
+  """Per training order whose stages were all evaluated: sequence_metrics with its R matrix, stages (base
+  first) and envs (columns: every env evaluated). evals: one per (stage, env), e.g. one_difficulty(...)."""
+  table = _lookup(evals, metric)
+  envs = list(dict.fromkeys(e["env"] for e in evals))
+  out = []
+  for order in orders:
+    stages = ["base"] + ["after:" + ">".join(order[:i + 1]) for i in range(len(order))]
+    if all((stage, env) in table for stage in stages for env in order):
+      r = r_matrix(evals, stages, envs, metric)
+      seq = sequence_metrics(r, list(order), envs)
+      out.append(dict(seq, order=list(order), envs=envs, stages=stages, r=r))
+  return out
+
+
 def _sequence_seed_metrics(evals: Sequence[dict], orders, metric: str) -> dict[str, float]:
   out: dict[str, float] = {}
   table = _lookup(evals, metric)
   envs = list(dict.fromkeys(e["env"] for e in evals))
-  for order in orders:
+  for seq in sequences(evals, orders, metric):
+    order, stages = seq["order"], seq["stages"]
     name = ">".join(order)
-    stages = ["base"] + ["after:" + ">".join(order[:i + 1]) for i in range(len(order))]
-    if not all((stage, env) in table for stage in stages for env in order):
-      continue
-    seq = sequence_metrics(r_matrix(evals, stages, envs, metric), order, envs)
     for env, f in seq["forgetting"].items():
       out[f"forgetting/{name}/{env}"] = f
     if seq["forgetting"]:
@@ -261,13 +274,12 @@ def _sequence_seed_metrics(evals: Sequence[dict], orders, metric: str) -> dict[s
       alone = table.get((f"after:{order[-1]}", order[-1]))
       if alone is not None:
         out[f"downstream_gain/{name}"] = downstream_gain(table[(stages[-1], order[-1])], alone)
-    diffs = [table[(stages[-1], env)] - table[("mixture", env)] for env in envs
-             if ("mixture", env) in table and (stages[-1], env) in table]
-    for env in envs:
-      if ("mixture", env) in table and (stages[-1], env) in table:
-        out[f"seq_minus_mixture/{name}/{env}"] = table[(stages[-1], env)] - table[("mixture", env)]
+    diffs = {env: table[(stages[-1], env)] - table[("mixture", env)] for env in envs
+             if ("mixture", env) in table and (stages[-1], env) in table}
+    for env, d in diffs.items():
+      out[f"seq_minus_mixture/{name}/{env}"] = d
     if diffs:
-      out[f"seq_minus_mixture/{name}/mean"] = sum(diffs) / len(diffs)
+      out[f"seq_minus_mixture/{name}/mean"] = sum(diffs.values()) / len(diffs)
   return out
 
 

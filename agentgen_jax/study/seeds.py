@@ -62,6 +62,9 @@ def merge_seeds(per_seed: dict[int, dict], n_boot: int = 1000, rng_seed: int = 0
   if digests:
     results["final_params_digest_by_seed"] = digests
   results["metrics"] = metrics.study_metrics(results, n_boot=n_boot, rng_seed=rng_seed)
+  # the R matrices of the seed means, for the report's matrix tables and plots
+  means = metrics.one_difficulty(metrics.mean_over_seeds(results["evals"]))
+  results["metrics"]["sequences"] = metrics.sequences(means, metrics.study_shape(results).orders)
   return results
 
 
