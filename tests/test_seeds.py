@@ -48,6 +48,18 @@ def test_seed_list_and_configs():
     seeds.seed_list(_config(0))
 
 
+def test_seed_config_of_a_frozen_dataclass():
+  import dataclasses
+
+  @dataclasses.dataclass(frozen=True)
+  class Run:
+    seed: int = 0
+    seeds: int = 1
+
+  assert seeds.seed_list(Run(4, 2)) == [4, 5]
+  assert seeds.seed_config(Run(4, 2), 5) == Run(5, 1)
+
+
 def test_run_seeds_writes_one_folder_per_seed_and_a_merged_report(tmp_path):
   results = seeds.run_seeds(_config(2), str(tmp_path), _train_like_run, n_boot=50)
   assert sorted(os.listdir(tmp_path / "seed_10")) == ["results.json"]

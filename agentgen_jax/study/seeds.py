@@ -8,27 +8,29 @@ and the evaluation sampling; with config.seeds = N the seeds are config.seed, ..
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from typing import Callable
 
-import ml_collections
-
 from agentgen_jax.study import metrics, report
 
-RunProtocol = Callable[[ml_collections.ConfigDict, str], dict]
+RunProtocol = Callable[[object, str], dict]  # (config of one seed, its workdir) -> results dict
 
 
-def seed_list(c: ml_collections.ConfigDict) -> list[int]:
+def seed_list(c) -> list[int]:
   """The seeds of a config: config.seed + 0 .. config.seeds − 1 (`seeds` defaults to 1)."""
-  n = int(c.get("seeds", 1))
+  n = int(getattr(c, "seeds", 1))
   if n < 1:
     raise ValueError(f"seeds={n}: must be >= 1")
   return [int(c.seed) + i for i in range(n)]
 
 
-def seed_config(c: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
-  """c for one seed's run: seed = `seed`, seeds = 1."""
+def seed_config(c, seed: int):
+  """c for one seed's run (seed = `seed`, seeds = 1): a ConfigDict copy or a replaced frozen dataclass."""
+  if dataclasses.is_dataclass(c):
+    names = {f.name for f in dataclasses.fields(c)}
+    return dataclasses.replace(c, seed=seed, **({"seeds": 1} if "seeds" in names else {}))
   sc = copy.deepcopy(c)
   with sc.unlocked():
     sc.seed = seed
@@ -84,7 +86,7 @@ def pool_failure_tables(tables: list[dict]) -> dict:
   return out
 
 
-def run_seeds(c: ml_collections.ConfigDict, workdir: str, run_protocol: RunProtocol,
+def run_seeds(c, workdir: str, run_protocol: RunProtocol,
               n_boot: int = 1000) -> dict:
   """Runs `run_protocol(config_for_seed, seed_dir)` for every seed of c (each run resumes from its own
   folder), then writes the merged results.json and report.md into workdir. Returns the merged results.
