@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from agentgen_jax import trainer
+from agentgen_jax import rl_loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -210,9 +210,9 @@ def _fails_with(cmd: list[str], expected: str) -> None:
 
 def test_non_finite_params_stop_the_run_even_when_the_metrics_are_finite():
   finite = {"w": np.ones(3, np.float32), "step": np.int32(1)}
-  trainer._check_finite({"loss": 0.5}, finite, 3, "ckpts", 2)  # no error
+  rl_loop.check_finite({"loss": 0.5}, finite, 3, "ckpts", 2)  # no error
   with pytest.raises(FloatingPointError, match=r"non-finite params at RL iteration 3.*step 2 in ckpts"):
-    trainer._check_finite({"loss": 0.5}, {"w": np.array([1.0, np.inf], np.float32)}, 3, "ckpts", 2)
+    rl_loop.check_finite({"loss": 0.5}, {"w": np.array([1.0, np.inf], np.float32)}, 3, "ckpts", 2)
 
 
 @pytest.mark.parametrize("args, level", [([], "WARNING"), (["-v", "0"], "INFO")])
