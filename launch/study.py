@@ -4,6 +4,10 @@ every stage trains, then evaluates every env; results.json, report.md and plots 
   python -m launch.study --config=launch/configs/study_cross_env_small.py --workdir=runs/cross_env
   python -m launch.study --config=... --workdir=... --only=after:webshop   # one stage (a batch-array job)
   python -m launch.study --config=... --workdir=... --merge                # report from finished stages
+  python -m launch.study --config=... --workdir=... --config.seeds=3       # seed_<s>/ each, one report
+
+With seeds > 1 every seed runs in workdir/seed_<s>/ (--only and --merge apply to each) and workdir gets the
+merged results.json and report.md: mean and 95% bootstrap interval over seeds and tasks for every metric.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from agentgen_jax import parallel
-  from agentgen_jax.study import protocols
+  from agentgen_jax.study import protocols, seeds
   cfg = cli.resolve(_CONFIG.value)
   parallel.initialize_distributed()
   study = protocols.Study(cfg, _WORKDIR.value)
@@ -38,8 +42,12 @@ def main(argv):
       print(f"{stage.name}\tparent={stage.parent}\tenvs={','.join(stage.envs)}\t"
             f"difficulty={stage.difficulty}\titerations={stage.iterations}")
     return
-  try:
-    results = study.merge() if _MERGE.value else study.run(_ONLY.value)
+  def run_one(seed_cfg, workdir):
+    one = protocols.Study(seed_cfg, workdir)
+    return one.merge() if _MERGE.value else one.run(_ONLY.value)
+
+  try:  # --config.seeds=N: the study once per seed in workdir/seed_<s>/, merged with intervals
+    results = seeds.run_seeds(cfg, _WORKDIR.value, run_one)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
