@@ -12,7 +12,6 @@ merged results.json and report.md: mean and 95% bootstrap interval over seeds an
 
 from __future__ import annotations
 
-import json
 import sys
 
 from absl import app, flags
@@ -33,7 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from agentgen_jax import parallel
-  from agentgen_jax.study import protocols, seeds
+  from agentgen_jax.study import findings, protocols, seeds
   cfg = cli.resolve(_CONFIG.value)
   parallel.initialize_distributed()
   study = protocols.Study(cfg, _WORKDIR.value)
@@ -52,8 +51,12 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
     sys.exit(f"study stopped: {e}")
-  print(json.dumps({k: results["metrics"].get(k) for k in ("bwt", "fwt", "forgetting")
-                    if k in results["metrics"]}, indent=1))
+  for row in findings.verdicts(results):  # the paper-findings table, one line each
+    if row.get("metric") and "mean" in row:
+      print(f"{row['verdict']:>13}  {row['claim']}: {row['metric']} = {row['mean']:+.3f} "
+            f"[{row['lo']:+.3f}, {row['hi']:+.3f}]")
+    else:
+      print(f"{row['verdict']:>13}  {row['claim']}" + (f": {row['ours']}" if row.get("ours") else ""))
   print(f"wrote {_WORKDIR.value}/report.md")
 
 

@@ -10,6 +10,7 @@ from agentgen_jax.study import findings
     (-1, -0.3, -0.01, "reproduced"), (-1, 0.01, 0.3, "contradicted"), (-1, -0.1, 0.1, "inconclusive"),
     (0, -0.04, 0.05, "reproduced"), (0, -0.04, 0.2, "inconclusive"), (0, 0.06, 0.2, "contradicted"),
     (+1, float("nan"), float("nan"), "inconclusive"),
+    (0, 0.0, 0.0, "inconclusive"),  # nothing moved at all (every score 0): no evidence of "no change"
 ])
 def test_verdict_rules(sign, lo, hi, verdict):
   assert findings.verdict(sign, lo, hi) == verdict

@@ -18,7 +18,8 @@ VERDICT_RULES = f"""\
   drop); for a "no change" finding, the interval lies within ±{NEAR_ZERO}.
 - **contradicted**: the interval lies on the other side of zero (for "no change": entirely outside
   ±{NEAR_ZERO}).
-- **inconclusive**: the interval spans zero (for "no change": it crosses ±{NEAR_ZERO}).
+- **inconclusive**: the interval spans zero (for "no change": it crosses ±{NEAR_ZERO}), or is exactly
+  [0, 0]: no score moved in any resample (e.g. every score is 0), which is no evidence either way.
 - **not measured**: the study did not run the protocol (or env) that measures it.
 Scores here are fractions of 1 where the paper gives percent; turns and tokens are per episode.
 """
@@ -102,8 +103,8 @@ CONFIRMATION_BIAS = ("confirmation_bias", "confirmation bias is the most common 
 
 def verdict(sign: int, lo: float, hi: float) -> str:
   """reproduced / contradicted / inconclusive for an interval [lo, hi] (see VERDICT_RULES)."""
-  if math.isnan(lo) or math.isnan(hi):
-    return "inconclusive"
+  if math.isnan(lo) or math.isnan(hi) or lo == hi == 0.0:
+    return "inconclusive"  # [0, 0]: nothing moved in any resample (e.g. every score 0): no evidence
   if sign == 0:
     if -NEAR_ZERO <= lo and hi <= NEAR_ZERO:
       return "reproduced"
