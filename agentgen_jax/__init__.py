@@ -6,7 +6,8 @@ The flat API a notebook needs (each name imported on first use, so `import agent
   agent = agentgen_jax.load_agent("tiny")                     # model + tokenizer + chat format
   pool = agentgen_jax.make_pool(cfg, ["babyai"])              # envs in worker processes (envs.EnvPool)
   episodes = agentgen_jax.Roller(agent.cfg, agent.tokenizer, pool, cfg.rollout).run(params, tasks, rng)
-  batch = agentgen_jax.token_batch(episodes)                  # -> advantages -> agentgen_jax.train_epochs
+  batch, metrics = agentgen_jax.learner_batch(episodes, state, agent.cfg, cfg.learner, cfg.rollout.mode)
+  state, metrics = agentgen_jax.train_epochs(update, state, batch, rng, cfg.learner)
   evaluation = agentgen_jax.Evaluator.from_config(cfg, agent, pool).run(params, "base")
   results = agentgen_jax.run_job(cfg, workdir)                # the train command; run_study: a protocol
 """
@@ -15,8 +16,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-# name -> (module, attribute)
-_EXPORTS = {
+# The flat API: name -> (module, attribute), imported on first use.
+EXPORTS = {
     # config
     "default_config": ("agentgen_jax.config", "default_config"),
     "resolve": ("agentgen_jax.config", "resolve"),
@@ -36,8 +37,8 @@ _EXPORTS = {
     "RolloutConfig": ("agentgen_jax.rollout", "RolloutConfig"),
     "expert_episodes": ("agentgen_jax.demos", "expert_episodes"),
     # the learner batch and the update
-    "token_batch": ("agentgen_jax.rollout", "token_batch"),
-    "choice_batch": ("agentgen_jax.rollout", "choice_batch"),
+    "learner_batch": ("agentgen_jax.rl.batch", "learner_batch"),
+    "ESTIMATORS": ("agentgen_jax.rl.batch", "ESTIMATORS"),
     "LearnerConfig": ("agentgen_jax.rl.learner", "LearnerConfig"),
     "init_state": ("agentgen_jax.rl.learner", "init_state"),
     "make_update": ("agentgen_jax.rl.learner", "make_update"),
@@ -52,13 +53,13 @@ _EXPORTS = {
     "Study": ("agentgen_jax.study.protocols", "Study"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(EXPORTS)
 
 
 def __getattr__(name):
-  if name not in _EXPORTS:
+  if name not in EXPORTS:
     raise AttributeError(f"module 'agentgen_jax' has no attribute {name!r}")
-  module, attr = _EXPORTS[name]
+  module, attr = EXPORTS[name]
   value = getattr(importlib.import_module(module), attr)
   globals()[name] = value
   return value

@@ -15,7 +15,6 @@ from ml_collections import config_dict
 from agentgen_jax.rl.learner import LearnerConfig
 from agentgen_jax.rollout import RolloutConfig
 
-ALGOS = ("grpo", "ppo", "reinforce")
 PROTOCOLS = ("difficulty", "cross_env", "sequential", "mixture")
 # LearnerConfig fields that are not set on their own: the learner scores tokens at the sampling temperature.
 DERIVED = {"learner": ("temperature",)}
@@ -72,9 +71,6 @@ class RunConfig:
   pool_size: int = 8               # episodes stepped at once
   workers: int = 2                 # env worker processes
   env_timeout_s: float = 120.0
-  algo: str = "grpo"               # grpo | ppo (token GAE with a critic) | reinforce
-  gamma: float = 1.0
-  lam: float = 1.0
   iterations: int = 10             # RL iterations; 0: SFT only
   tasks_per_iteration: int = 4
   group_size: int = 4              # episodes per task (the GRPO group)
@@ -169,12 +165,13 @@ def resolve(c: ml_collections.ConfigDict | dict) -> RunConfig:
   rcfg = _build(RolloutConfig, dict(values.pop("rollout", {}) or {}), "rollout")
   typed["rollout"] = dataclasses.replace(rcfg, max_turns=rcfg.max_turns or None,
                                          system_prompt=rcfg.system_prompt or None)
+  _check_rl_sampling(typed["rollout"], values.get("iterations", RunConfig.iterations))
   for name, default in sections.items():
     if name == "rollout":
       continue
     section = dict(values.pop(name, {}) or {})
-    extra = ({"temperature": typed["rollout"].temperature}
-             if name == "learner" and _has_field(LearnerConfig, "temperature") else None)
+    # Without RL (iterations=0) a greedy rollout temperature is fine: the learner then never scores it.
+    extra = {"temperature": rcfg.temperature if rcfg.temperature > 0 else 1.0} if name == "learner" else None
     typed[name] = _build(type(default), section, name, extra)
   cfg = _build(RunConfig, values, "", typed)
   cfg = _fill_defaults(cfg)
@@ -182,8 +179,15 @@ def resolve(c: ml_collections.ConfigDict | dict) -> RunConfig:
   return cfg
 
 
-def _has_field(cls, name: str) -> bool:
-  return any(f.name == name for f in dataclasses.fields(cls))
+def _check_rl_sampling(rcfg: RolloutConfig, iterations: int) -> None:
+  """RL trains on the log-probs of what was sampled: the learner scores softmax(logits / temperature), so the
+  rollout may not truncate (top_p) or be greedy (temperature 0) in training."""
+  if iterations > 0 and rcfg.top_p < 1.0:
+    raise ValueError(f"rollout.top_p={rcfg.top_p} in RL training: the learner scores the full "
+                     "distribution, so PPO's ratio would be wrong; valid: 1.0 (top_p < 1 only to evaluate)")
+  if iterations > 0 and rcfg.temperature <= 0:
+    raise ValueError(f"rollout.temperature={rcfg.temperature} in RL training: greedy episodes have "
+                     "no log-probs to train on; valid: > 0 (0 only to evaluate, as eval.temperature)")
 
 
 def _fill_defaults(cfg: RunConfig) -> RunConfig:
@@ -203,7 +207,6 @@ def check(cfg: RunConfig) -> None:
   """Cross-field checks (each section's own are in its dataclass): one-line errors naming the choices."""
   import envs
   from envs import base as env_base
-  _one_of("algo", cfg.algo, ALGOS)
   for name in list(cfg.envs) + list(cfg.eval.envs) + list(cfg.study.envs):
     if name not in envs.names():
       raise ValueError(f"unknown env {name!r}; known envs: {', '.join(envs.names())}")
@@ -211,19 +214,12 @@ def check(cfg: RunConfig) -> None:
     raise ValueError("envs is empty: name at least one training env")
   if cfg.env_weights and len(cfg.env_weights) != len(cfg.envs):
     raise ValueError(f"env_weights has {len(cfg.env_weights)} entries for {len(cfg.envs)} envs")
-  if cfg.algo == "ppo" and cfg.learner.critic == "none":
-    raise ValueError("algo 'ppo' needs a critic: set learner.critic to 'shared' or 'separate'")
   if cfg.sft.micro_batch_size and cfg.sft.batch_size % cfg.sft.micro_batch_size:
     raise ValueError(f"sft.batch_size={cfg.sft.batch_size} is not a multiple of "
                      f"sft.micro_batch_size={cfg.sft.micro_batch_size}")
   if cfg.group_size < 1 or cfg.tasks_per_iteration < 1:
     raise ValueError("group_size and tasks_per_iteration must be >= 1")
-  if cfg.iterations > 0 and cfg.rollout.top_p < 1.0:
-    raise ValueError(f"rollout.top_p={cfg.rollout.top_p} in RL training: the learner scores the full "
-                     "distribution, so PPO's ratio would be wrong; valid: 1.0 (top_p < 1 only to evaluate)")
-  if cfg.iterations > 0 and cfg.rollout.temperature <= 0:
-    raise ValueError(f"rollout.temperature={cfg.rollout.temperature} in RL training: greedy episodes have "
-                     "no log-probs to train on; valid: > 0 (0 only to evaluate, as eval.temperature)")
+  _check_rl_sampling(cfg.rollout, cfg.iterations)
   for field, value, valid in (("train_split", cfg.train_split, env_base.SPLITS),
                               ("train_difficulty", cfg.train_difficulty, env_base.DIFFICULTIES),
                               ("eval.split", cfg.eval.split, env_base.SPLITS),

@@ -1,4 +1,4 @@
-"""The RL training loop: iterations of rollout -> learner batch (advantages) -> PPO/GRPO epochs, resumable
+"""The RL training loop: iterations of rollout -> rl.batch.learner_batch (advantages) -> PPO epochs, resumable
 from orbax checkpoints, logged to log.jsonl and TensorBoard; and `train_stage`, a stage's SFT warm start
 followed by RL."""
 
@@ -15,43 +15,9 @@ import numpy as np
 
 from agentgen_jax import checkpoint, data, demos, logs, rollout
 from agentgen_jax import config as config_lib
-from agentgen_jax.rl import advantages, learner, losses
+from agentgen_jax.rl import batch as rl_batch
+from agentgen_jax.rl import learner
 from agentgen_jax.tasks import TaskStream
-
-
-def learner_mode(rollout_mode: str) -> str:
-  """The learner's name for a rollout action mode (until the two vocabularies become one)."""
-  return "choice" if rollout_mode == "choose" else "token"
-
-
-def compute_advantages(cfg: config_lib.RunConfig, batch: dict, mode: str, state, agent,
-                       lcfg: learner.LearnerConfig) -> dict:
-  """Fills advantages/returns (and old values, reference log-probs) into a learner batch."""
-  mask_key = "unit_mask" if mode == "choice" else "loss_mask"
-  mask = jnp.asarray(batch[mask_key])
-  extra = learner.evaluate_batch(agent.cfg, state, batch, mode, micro_batch_size=lcfg.micro_batch_size,
-                                 lcfg=lcfg)
-  rewards = jnp.asarray(batch["rewards"])
-  if lcfg.kl_mode == "reward" and lcfg.kl_coef > 0 and "ref_logprobs" in extra:
-    rewards = losses.kl_penalty_rewards(rewards, jnp.asarray(extra["logprobs"]),
-                                        jnp.asarray(extra["ref_logprobs"]), mask, lcfg.kl_coef,
-                                        lcfg.kl_estimator)
-  if cfg.algo == "ppo":
-    adv, ret = advantages.token_gae(rewards, jnp.asarray(extra["old_values"]), mask, cfg.gamma, cfg.lam)
-    batch["old_values"] = np.asarray(extra["old_values"])
-  else:
-    returns = jnp.sum(rewards * mask, axis=1)
-    group = jnp.asarray(batch["group_ids"])
-    per_episode = (advantages.grpo(returns, group) if cfg.algo == "grpo"
-                   else advantages.reinforce_baseline(returns, group))
-    adv = advantages.broadcast_to_tokens(per_episode, mask)
-    ret = adv
-  batch["advantages"] = np.asarray(adv)
-  batch["returns"] = np.asarray(ret)
-  if "ref_logprobs" in extra:
-    batch["ref_logprobs"] = np.asarray(extra["ref_logprobs"])
-  batch["logprob_mismatch"] = float(extra.get("logprob_mismatch", 0.0))
-  return batch
 
 
 def _all_finite(tree) -> bool:
@@ -92,8 +58,7 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
 
   Returns the final params and the training curve (success/score per iteration).
   """
-  mode = learner_mode(cfg.rollout.mode)
-  lcfg = cfg.learner
+  mode, lcfg = cfg.rollout.mode, cfg.learner
   roller = rollout.Roller(agent.cfg, agent.tokenizer, pool, cfg.rollout)
   stream = TaskStream.training(cfg, pool, cfg.seed)
   state = learner.init_state(agent.cfg, params, lcfg, jax.random.PRNGKey(cfg.seed))
@@ -113,11 +78,9 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), it)
     episodes = roller.run(state.params, tasks, jax.random.fold_in(rng, 0))
     t_rollout = time.time() - t0
-    batch = rollout.choice_batch(episodes) if mode == "choice" else rollout.token_batch(episodes)
-    batch = compute_advantages(cfg, batch, mode, state, agent, lcfg)
-    mismatch = batch.pop("logprob_mismatch")
+    batch, batch_metrics = rl_batch.learner_batch(episodes, state, agent.cfg, lcfg, mode)
     state, m = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
-    m = dict(logs.scalar_floats(jax.device_get(m)), logprob_mismatch=mismatch)
+    m = dict(logs.scalar_floats(jax.device_get(m)), **batch_metrics)
     check_finite(m, state.params, it, ckpt_dir, last_good)
     point = _curve_point(episodes, out, it)
     curves.append(point)

@@ -25,7 +25,8 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "test"], "task split")
 _DIFFICULTY = flags.DEFINE_enum("difficulty", "all", ["easy", "hard", "all"], "task difficulty")
 _MODE = flags.DEFINE_enum("mode", None, ["generate", "choose"], "action mode (default: the run's)")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
-_MAX_TURNS = flags.DEFINE_integer("max_turns", 0, "turn cap (0 = each env's own)")
+_MAX_TURNS = flags.DEFINE_integer("max_turns", 0, "turn cap (0 = each env's own; default: a training "
+                                   "workdir's own, else each env's)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _POOL = flags.DEFINE_integer("pool_size", 8, "parallel episodes")
 _WORKERS = flags.DEFINE_integer("workers", 2, "environment worker processes")
@@ -76,7 +77,8 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   if _MODE.value:
     config.rollout.mode = _MODE.value
-  config.rollout.max_turns = _MAX_TURNS.value
+  if flags.FLAGS["max_turns"].present:
+    config.rollout.max_turns = _MAX_TURNS.value
   config.iterations, config.seed = 0, _SEED.value
   config.pool_size, config.workers, config.envs = _POOL.value, _WORKERS.value, tuple(_ENVS.value)
   config.eval.update(dict(envs=tuple(_ENVS.value), split=_SPLIT.value, difficulty=_DIFFICULTY.value,

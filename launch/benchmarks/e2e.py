@@ -12,8 +12,9 @@ import time
 import jax
 
 from agentgen_jax import agent as agent_lib
-from agentgen_jax import checkpoint, data, rl_loop, rollout
+from agentgen_jax import checkpoint, data, rollout
 from agentgen_jax import config as config_lib
+from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
 from agentgen_jax.tasks import TaskStream, make_pool
 
@@ -67,7 +68,7 @@ def config(s: Setting):
   c.rollout.max_turns = s.max_turns
   c.rollout.max_new_tokens = s.max_new_tokens
   c.rollout.max_episode_tokens = 1024
-  c.algo = "grpo"
+  c.learner.estimator = "grpo"
   c.tasks_per_iteration, c.group_size = s.tasks, s.group
   c.pool_size, c.workers = s.tasks * s.group, 2
   c.learner.lr = 3e-4
@@ -99,7 +100,7 @@ class _CompileClock:
 
 def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it: int):
   """One iteration of rl_loop.rl_train's loop: -> (state, {part: seconds}, wall seconds, facts)."""
-  mode, lcfg = rl_loop.learner_mode(c.rollout.mode), c.learner
+  mode, lcfg = c.rollout.mode, c.learner
   parts = {}
   roller.timings = {}
   compile_start = _CompileClock.now()
@@ -112,9 +113,7 @@ def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it:
   compile_rollout = _CompileClock.now() - compile_start
 
   t, compile_learn = time.perf_counter(), _CompileClock.now()
-  batch = rollout.choice_batch(episodes) if mode == "choice" else rollout.token_batch(episodes)
-  batch = rl_loop.compute_advantages(c, batch, mode, state, policy, lcfg)
-  batch.pop("logprob_mismatch")
+  batch, _ = rl_batch.learner_batch(episodes, state, policy.cfg, lcfg, mode)
   state, _ = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
   state = jax.block_until_ready(state)
   parts["learn"] = time.perf_counter() - t
@@ -144,7 +143,7 @@ def measure(s: Setting, warmup: int = 1, timed: int | None = None) -> dict:
   policy = agent_lib.from_config(c)
   lcfg = c.learner
   state = learner.init_state(policy.cfg, policy.params, lcfg, jax.random.PRNGKey(c.seed))
-  update = learner.make_update(policy.cfg, lcfg, mode=rl_loop.learner_mode(c.rollout.mode))
+  update = learner.make_update(policy.cfg, lcfg, mode=c.rollout.mode)
   runs, timed = [], s.timed if timed is None else timed
   with tempfile.TemporaryDirectory() as workdir, make_pool(c, c.envs) as pool:
     roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, c.rollout, profile=True)
