@@ -4,11 +4,14 @@ every stage trains, then evaluates every env; results.json, report.md and plots 
   python -m launch.study --config=launch/configs/study_cross_env_small.py --workdir=runs/cross_env
   python -m launch.study --config=... --workdir=... --only=after:webshop   # one stage (a batch-array job)
   python -m launch.study --config=... --workdir=... --merge                # report from finished stages
+  python -m launch.study --config=... --workdir=... --config.seeds=3       # seed_<s>/ each, one report
+
+With seeds > 1 every seed runs in workdir/seed_<s>/ (--only and --merge apply to each) and workdir gets the
+merged results.json and report.md: mean and 95% bootstrap interval over seeds and tasks for every metric.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 from absl import app, flags
@@ -29,7 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from agentgen_jax import checkpoint, parallel
-  from agentgen_jax.study import protocols
+  from agentgen_jax.study import findings, protocols, seeds
   cfg = cli.resolve(_CONFIG.value)
   parallel.initialize_distributed()
   cli.run_mesh(cfg)  # a bad --config.mesh or batch ends here, before the study writes anything
@@ -40,16 +43,24 @@ def main(argv):
       print(f"{stage.name}\tparent={stage.parent}\tenvs={','.join(stage.envs)}\t"
             f"difficulty={stage.difficulty}\titerations={stage.iterations}")
     return
-  try:
-    results = study.merge() if _MERGE.value else study.run(_ONLY.value)
+  def run_one(seed_cfg, workdir):
+    one = protocols.Study(seed_cfg, workdir)
+    return one.merge() if _MERGE.value else one.run(_ONLY.value)
+
+  try:  # --config.seeds=N: the study once per seed in workdir/seed_<s>/, merged with intervals
+    results = seeds.run_seeds(cfg, _WORKDIR.value, run_one)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
     sys.exit(f"study stopped: {e}")
   except checkpoint.CheckpointError as e:  # every checkpoint of a stage is damaged; the message names each
     sys.exit(f"study stopped: {e}")
-  print(json.dumps({k: results["metrics"].get(k) for k in ("bwt", "fwt", "forgetting")
-                    if k in results["metrics"]}, indent=1))
+  for row in findings.verdicts(results):  # the paper-findings table, one line each
+    if row.get("metric") and "mean" in row:
+      print(f"{row['verdict']:>13}  {row['claim']}: {row['metric']} = {row['mean']:+.3f} "
+            f"[{row['lo']:+.3f}, {row['hi']:+.3f}]")
+    else:
+      print(f"{row['verdict']:>13}  {row['claim']}" + (f": {row['ours']}" if row.get("ours") else ""))
   print(f"wrote {_WORKDIR.value}/report.md")
 
 

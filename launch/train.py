@@ -3,6 +3,7 @@ write results.json, report.md, checkpoints, trajectories and TensorBoard logs in
 
   python -m launch.train --config=launch/configs/quickstart.py --workdir=runs/quickstart
   python -m launch.train --config=launch/configs/quickstart.py --config.iterations=40 --workdir=...
+  python -m launch.train --config=launch/configs/quickstart.py --config.seeds=3 --workdir=...  # seed_<s>/
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from agentgen_jax import checkpoint, job, parallel
   from agentgen_jax import config as config_lib
+  from agentgen_jax.study import seeds
   cfg = cli.resolve(_CONFIG.value)
   if _PRINT_CONFIG.value:
     print(json.dumps(config_lib.to_dict(cfg), indent=1, default=str))
@@ -35,12 +37,13 @@ def main(argv):
   mesh = cli.run_mesh(cfg)
   try:
     validate.or_exit(validate.train, cfg, _WORKDIR.value)  # before anything is written
-    results = job.run(cfg, _WORKDIR.value, mesh)
+    # --config.seeds=N: the job once per seed in workdir/seed_<s>/, merged with intervals
+    results = seeds.run_seeds(cfg, _WORKDIR.value, lambda seed_cfg, workdir: job.run(seed_cfg, workdir, mesh))
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
     sys.exit(f"training stopped: {e}")
   except checkpoint.CheckpointError as e:  # every checkpoint of the run is damaged; the message names each
     sys.exit(f"training stopped: {e}")
-  summary = [{k: e[k] for k in ("stage", "env", "avg_success", "avg_score", "pass_at_k")}
+  summary = [{k: e[k] for k in ("seed", "stage", "env", "avg_success", "avg_score", "pass_at_k") if k in e}
              for e in results["evals"]]
   print(json.dumps(summary, indent=1))
   print(f"wrote {os.path.join(_WORKDIR.value, 'report.md')}")

@@ -41,3 +41,23 @@ def test_one_difficulty_prefers_all_then_the_first_evaluated():
   mixed = easy + [{"stage": "base", "env": "a", "difficulty": "all"}]
   assert report.one_difficulty(mixed) == mixed[2:]
   assert report.one_difficulty([{"stage": "s", "env": "a"}]) == [{"stage": "s", "env": "a"}]
+
+
+def test_seeded_sequential_report_shows_intervals_matrix_and_findings(tmp_path):
+  from agentgen_jax.study import seeds
+  per_seed = {}
+  for seed, shift in ((0, 0.0), (1, 0.1)):
+    evals = [_eval("base", "a", 0.1, []), _eval("base", "b", 0.2, []),
+             _eval("after:a", "a", 0.6 + shift, ["a"]), _eval("after:a", "b", 0.25, ["a"]),
+             _eval("after:a>b", "a", 0.4, ["a", "b"]), _eval("after:a>b", "b", 0.7, ["a", "b"]),
+             _eval("mixture", "a", 0.5, ["a", "b"]), _eval("mixture", "b", 0.5, ["a", "b"])]
+    per_seed[seed] = {"protocol": "sequential", "model": "tiny", "evals": evals,
+                      "config": {"study": {"protocol": "sequential", "orders": [["a", "b"]]}}}
+  results = seeds.merge_seeds(per_seed, n_boot=50)
+  md = open(report.write_report(results, str(tmp_path))["report"]).read()
+  # forgetting of a = max(0.1, 0.6 + shift) − 0.4: 0.2 and 0.3 in the two seeds; no tasks to resample
+  assert "| forgetting/a>b/a | +0.250 [+0.200, +0.300] | 0: +0.200, 1: +0.300 |" in md
+  assert "| seq_minus_mixture/a>b/mean | +0.050 [+0.050, +0.050] |" in md
+  assert "## Sequence a → b" in md and "| after:a | 0.650 | 0.250 |" in md  # R matrix of the seed means
+  assert "| a sequence ends close to joint (mixture) training |" in md
+  assert os.path.exists(tmp_path / "r_matrix_0.png")

@@ -1,5 +1,6 @@
-"""Study outputs: results.json, report.md (tables + the metric definitions) and plots (transfer heatmap,
-R-matrix curves, success vs training iteration, turns and tokens before/after).
+"""Study outputs: results.json, report.md (tables, intervals, the paper-findings table and the metric
+definitions) and plots (transfer heatmap, R-matrix curves, success vs training iteration, turns and tokens
+before/after).
 
 `write_report(results, workdir)` is the one entry point; every number it prints comes from `results`.
 """
@@ -11,7 +12,7 @@ import math
 import os
 from typing import Sequence
 
-from agentgen_jax.study import failures, metrics
+from agentgen_jax.study import failures, findings, metrics
 
 COLUMNS = ("avg_success", "avg_score", "pass_at_k", "mean_turns", "mean_tokens", "invalid_rate")
 
@@ -52,12 +53,7 @@ def envs_in_order(evals: Sequence[dict]) -> list[str]:
 
 # ---- plots ------------------------------------------------------------------------------------------
 
-def one_difficulty(evals: Sequence[dict]) -> list[dict]:
-  """The evals of one difficulty, for views with one cell per (stage, env): "all" when present, else the
-  first difficulty evaluated (e.g. "easy" for a study evaluated on easy tasks only)."""
-  difficulties = list(dict.fromkeys(e.get("difficulty") or "all" for e in evals))
-  pick = "all" if "all" in difficulties else (difficulties[0] if difficulties else "all")
-  return [e for e in evals if (e.get("difficulty") or "all") == pick]
+one_difficulty = metrics.one_difficulty  # kept here for callers of report.one_difficulty
 
 
 def _pyplot():
@@ -144,9 +140,11 @@ def plot_turns_tokens(results: dict, path: str) -> str | None:
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
   width = 0.38
-  for ax, key in zip(axes, ("mean_turns", "mean_tokens")):
+  tokens = ("mean_generated_tokens" if all(e.get("mean_generated_tokens") is not None for e in get.values())
+            else "mean_tokens")  # the agent's own tokens when recorded (the paper's number)
+  for ax, key in zip(axes, ("mean_turns", tokens)):
     for k, stage in enumerate((first, last)):
-      values = [get[(stage, env)][key] if (stage, env) in get else 0.0 for env in envs]
+      values = [(get[(stage, env)].get(key) or 0.0) if (stage, env) in get else 0.0 for env in envs]
       ax.bar([i + (k - 0.5) * width for i in range(len(envs))], values, width, label=stage)
     ax.set_xticks(range(len(envs)), envs, rotation=30, ha="right")
     ax.set_title(key)
@@ -159,15 +157,93 @@ def plot_turns_tokens(results: dict, path: str) -> str | None:
 
 # ---- report -----------------------------------------------------------------------------------------
 
+def _ci(m: dict | None, signed: bool = False) -> str:
+  """"mean [lo, hi]" of an interval metric."""
+  if m is None:
+    return "–"
+  f = _delta if signed else _fmt
+  return f"{f(m['mean'])} [{f(m['lo'])}, {f(m['hi'])}]"
+
+
+SIGNED_FAMILIES = ("transfer", "turns_change", "generated_tokens_change", "curriculum_gain", "forgetting",
+                   "mean_forgetting", "bwt", "fwt", "downstream_gain", "seq_minus_mixture")
+
+
+def interval_sections(results: dict) -> list[str]:
+  """Markdown for results with interval metrics: scores, every derived metric, efficiency before/after
+  RL and the paper-findings table, each value as mean [95% interval]."""
+  m = results.get("metrics") or {}
+  intervals = m.get("intervals")
+  if not intervals:
+    return []
+  boot = m.get("bootstrap", {})
+  seeds = boot.get("seeds", [])
+  lines = [f"## Scores: mean [95% interval] over {len(seeds)} seed(s) {seeds} and tasks", "",
+           f"Bootstrap: {boot.get('replicates')} replicates, rng seed {boot.get('rng_seed')}, "
+           f"resampling {boot.get('scheme')} (see Definitions).", ""]
+  cells = list(dict.fromkeys(tuple(n.split("/")[1:]) for n in intervals
+                             if n.split("/")[0] in metrics.SCORE_KEYS))
+  lines += _table(("stage", "env", "difficulty") + metrics.SCORE_KEYS,
+                  [cell + tuple(_ci(intervals.get(f"{k}/{'/'.join(cell)}")) for k in metrics.SCORE_KEYS)
+                   for cell in cells])
+  lines += efficiency_section(intervals)
+  derived = [n for n in intervals if n.split("/")[0] in SIGNED_FAMILIES]
+  if derived:
+    lines += ["## Derived metrics: mean [95% interval], per seed", ""]
+    lines += _table(("metric", "mean [95% interval]", "per seed"),
+                    [(n, _ci(intervals[n], signed=True),
+                      ", ".join(f"{s}: {_delta(v)}" for s, v in intervals[n]["per_seed"].items()))
+                     for n in derived])
+  lines += ["## The paper's findings at this scale", ""]
+  rows = []
+  for r in findings.verdicts(results):
+    ours = r.get("ours") if "ours" in r else (
+        None if r["metric"] is None else
+        f"{_delta(r['mean'])} [{_delta(r['lo'])}, {_delta(r['hi'])}]")
+    rows.append((r["claim"], r["paper"], ours or "–", f"`{r['metric']}`" if r["metric"] else "–",
+                 f"**{r['verdict']}**"))
+  lines += _table(("finding", "paper", "ours: mean [95% interval]", "our metric", "verdict"), rows)
+  lines += [findings.VERDICT_RULES]
+  return lines
+
+
+def efficiency_section(intervals: dict) -> list[str]:
+  """Turns and generated tokens per episode before and after RL, per env (the paper's efficiency finding)."""
+  rows = []
+  for name in intervals:
+    family, stage, env, difficulty = (name.split("/") + ["", "", ""])[:4]
+    if family != "turns_change":
+      continue
+    # the stage before RL, as metrics.seed_metrics picks it
+    before_stage = "sft" if f"mean_turns/sft/{env}/{difficulty}" in intervals else "base"
+    row = [env, difficulty, f"{before_stage} → {stage}"]
+    for score, change in (("mean_turns", "turns_change"),
+                          ("mean_generated_tokens", "generated_tokens_change")):
+      a = intervals.get(f"{score}/{before_stage}/{env}/{difficulty}")
+      b = intervals.get(f"{score}/{stage}/{env}/{difficulty}")
+      d = intervals.get(f"{change}/{stage}/{env}/{difficulty}")
+      row.append("–" if a is None or b is None else f"{a['mean']:.1f} → {b['mean']:.1f} ({_ci(d, True)})")
+    rows.append(tuple(row))
+  if not rows:
+    return []
+  return (["## Efficiency: turns and generated tokens per episode, before → after (change [95% interval])",
+           ""] + _table(("env", "difficulty", "stages", "turns", "generated tokens"), rows))
+
+
 def render_markdown(results: dict, plots: Sequence[str]) -> str:
   evals = results["evals"]
   lines = [f"# {results['protocol']} study — {results['model']}", ""]
   config = results.get("config", {})
   if config:
-    keys = ("envs", "order", "algo", "mode", "iterations", "tasks_per_iteration", "group_size", "seed")
+    keys = ("envs", "order", "algo", "mode", "iterations", "tasks_per_iteration", "group_size", "seed",
+            "seeds")
     summary = ", ".join(f"{k}={config[k]}" for k in keys if k in config)
     lines += [f"Config: {summary}", ""]
-  lines += ["## Evaluations", ""]
+  lines += interval_sections(results)
+  seeded = len(metrics.seeds_of(evals)) > 1
+  if seeded:
+    evals = metrics.mean_over_seeds(evals)
+  lines += ["## Evaluations" + (" (means over seeds; per-seed evals in results.json)" if seeded else ""), ""]
   lines += _table(("stage", "env", "split", "difficulty", "tasks×k") + COLUMNS,
                   [(e["stage"], e["env"], e.get("split", "test"), e.get("difficulty", "all"),
                     f"{e['n_tasks']}×{e['k']}") + tuple(_fmt(e.get(c)) for c in COLUMNS)
@@ -207,7 +283,7 @@ def render_markdown(results: dict, plots: Sequence[str]) -> str:
     labels = failures.LABELS
     lines += _table(("env", "failed/episodes") + labels,
                     [(env, f"{t['failures']}/{t['episodes']}")
-                     + tuple(f"{t['labels'][k]:.0f}" for k in labels)
+                     + tuple(f"{t['labels'].get(k, 0.0):.0f}" for k in labels)  # old tables lack new labels
                      for env, t in results["failures"].items()])
     lines += [f"- **{k}**: {v}" for k, v in failures.DESCRIPTIONS.items()] + [""]
   if "final_params_digest" in results:
@@ -229,14 +305,15 @@ def write_report(results: dict, workdir: str, sequence_stages: Sequence[Sequence
   """Writes results.json, report.md and the plots into workdir; returns their paths."""
   os.makedirs(workdir, exist_ok=True)
   plots = []
+  view = dict(results, evals=metrics.mean_over_seeds(results["evals"]))  # one cell per stage and env
   for fn, name in ((plot_transfer_heatmap, "transfer_heatmap.png"),
                    (plot_training_curves, "training_success.png"),
                    (plot_turns_tokens, "turns_tokens.png")):
-    p = fn(results, os.path.join(workdir, name))
+    p = fn(view, os.path.join(workdir, name))
     if p:
       plots.append(p)
   for i, seq in enumerate(results.get("metrics", {}).get("sequences", [])):
-    plots.append(plot_r_curves(results, seq["stages"], os.path.join(workdir, f"r_matrix_{i}.png")))
+    plots.append(plot_r_curves(view, seq["stages"], os.path.join(workdir, f"r_matrix_{i}.png")))
   write_json(results, os.path.join(workdir, "results.json"))
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
     f.write(render_markdown(results, plots))
