@@ -88,9 +88,28 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
+class LoraDense(nn.Dense):
+  """nn.Dense plus, when the "lora" collection holds this layer's adapter, the low-rank branch
+  x·A·B (B pre-scaled by alpha / rank, see models/lora.py), computed beside x·W: the merged weight is
+  never formed, so neither a second copy of the weights nor a weight-sized gradient exists. With a
+  "dropout" rng and a per-layer "dropout" rate, the branch's input is dropped out (PEFT's lora_dropout)."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = super().__call__(x)
+    if not self.has_variable("lora", "a"):
+      return y
+    a, b = self.get_variable("lora", "a"), self.get_variable("lora", "b")
+    if self.has_variable("lora", "dropout") and self.has_rng("dropout"):
+      keep = 1.0 - self.get_variable("lora", "dropout")
+      kept = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+      x = jnp.where(kept, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
+    return y + (x @ a.astype(self.dtype)) @ b.astype(self.dtype)
+
+
 def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn.Dense:
-  return nn.Dense(features, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                  kernel_init=nn.initializers.normal(_INIT_STD), name=name)
+  return LoraDense(features, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                   kernel_init=nn.initializers.normal(_INIT_STD), name=name)
 
 
 class Block(nn.Module):
@@ -141,7 +160,8 @@ class Decoder(nn.Module):
                      embedding_init=nn.initializers.normal(_INIT_STD), name="embed")
     x = embed(tokens)
     block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
-    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+    layers = nn.scan(block, variable_axes={"params": 0, "lora": 0},
+                     split_rngs={"params": True, "dropout": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
     k_cache, v_cache = kv if kv is not None else (None, None)
     (x, k_cache, v_cache), _ = layers(cfg, name="layers")((x, k_cache, v_cache),
@@ -185,6 +205,18 @@ def _init(cfg: ModelConfig, rng):
   return Decoder(cfg).init(rng, tokens, _rope_tables(cfg, tokens), mask, None, jnp.int32(0))["params"]
 
 
+def _apply(cfg: ModelConfig, params: dict, *args):
+  """Decoder.apply on a param tree that may carry LoRA adapters under "lora" (models/lora.py attach):
+  they go to the "lora" collection, and their optional "rng" to the dropout rng stream."""
+  if "lora" not in params:
+    return Decoder(cfg).apply({"params": params}, *args)
+  params = dict(params)
+  lora = dict(params.pop("lora"))
+  rng = lora.pop("rng", None)
+  return Decoder(cfg).apply({"params": params, "lora": {"layers": lora}}, *args,
+                            rngs=None if rng is None else {"dropout": rng})
+
+
 def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
             valid: jax.Array | None = None, cache: KVCache | None = None,
             attn_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, KVCache | None]:
@@ -195,6 +227,7 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   slots that are valid, plus the new tokens per attn_mask [B, T, T] (default causal & valid). The caller
   keeps index + T <= S (writes past the end are clamped by XLA, not checked).
   Returns logits [B, T, V] f32, hidden [B, T, D] f32 (final-norm output), the new cache (index + T) or None.
+  params may carry LoRA adapters (models.lora.attach): base + adapters, without merging the weights.
   """
   b, t = tokens.shape
   valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
@@ -203,15 +236,14 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   attn_mask = attn_mask.astype(bool)
   rope = _rope_tables(cfg, positions)
   if cache is None:
-    logits, hidden, _ = Decoder(cfg).apply({"params": params}, tokens, rope, attn_mask, None, jnp.int32(0))
+    logits, hidden, _ = _apply(cfg, params, tokens, rope, attn_mask, None, jnp.int32(0))
     return logits, hidden, None
   slots = cache.valid.shape[1]
   index = cache.index.astype(jnp.int32)
   earlier = (jnp.arange(slots) < index)[None, None, :] & cache.valid[:, None, :]
   new = jax.lax.dynamic_update_slice(jnp.zeros((b, t, slots), bool), attn_mask, (0, 0, index))
   mask = earlier | new
-  logits, hidden, (k, v) = Decoder(cfg).apply({"params": params}, tokens, rope, mask, (cache.k, cache.v),
-                                              index)
+  logits, hidden, (k, v) = _apply(cfg, params, tokens, rope, mask, (cache.k, cache.v), index)
   new_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
   return logits, hidden, KVCache(k=k, v=v, valid=new_valid, index=index + t)
 

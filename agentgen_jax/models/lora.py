@@ -1,0 +1,125 @@
+"""LoRA adapters for the decoder: low-rank factors per target projection, a float32 param tree of their own,
+attached to the frozen base for the forward (the merged weights are never formed there) and merged for export.
+
+Adapters layout (stacked over layers, like the base's layers/<name>/kernel [L, in, out]):
+  {"q_proj": {"a": [L, in, r] f32, "b": [L, r, out] f32}, ...}, one entry per target.
+The update of a target kernel is W + (alpha / rank) · A·B, as in PEFT (not rsLoRA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from agentgen_jax.models.config import ModelConfig
+
+TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """rank 0 switches LoRA off (full fine-tuning). Frozen: hashable, a jit static argument."""
+  rank: int = 0
+  alpha: float = 16.0
+  dropout: float = 0.0          # on the adapter's input while training (PEFT's lora_dropout)
+  targets: tuple[str, ...] = TARGETS  # among TARGETS; "q,v" from the command line is accepted
+
+  def __post_init__(self):
+    targets = self.targets
+    if isinstance(targets, str):
+      targets = [t.strip() for t in targets.split(",") if t.strip()]
+    object.__setattr__(self, "targets", tuple(targets))
+    bad = [t for t in self.targets if t not in TARGETS]
+    if bad or not self.targets or len(set(self.targets)) != len(self.targets):
+      raise ValueError(f"lora targets={self.targets!r}: each once, at least one, among {', '.join(TARGETS)}")
+    if not isinstance(self.rank, int) or self.rank < 0:
+      raise ValueError(f"lora rank={self.rank!r}; valid: an int >= 0 (0 = LoRA off)")
+    if self.enabled and not self.alpha > 0:
+      raise ValueError(f"lora alpha={self.alpha!r}; valid: > 0")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"lora dropout={self.dropout!r}; valid: 0 <= dropout < 1")
+
+  @property
+  def enabled(self) -> bool:
+    return self.rank > 0
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  @property
+  def modules(self) -> tuple[str, ...]:
+    """The base param names of the targets (also PEFT's target_modules)."""
+    return tuple(f"{t}_proj" for t in self.targets)
+
+
+def kernel_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+  """(in, out) of every projection's kernel."""
+  d, q, kv, i = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, \
+      cfg.intermediate_size
+  return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d), "gate_proj": (d, i),
+          "up_proj": (d, i), "down_proj": (i, d)}
+
+
+def num_params(cfg: ModelConfig, lora_cfg: LoraConfig) -> int:
+  """Adapter parameter count: rank · (in + out) per target per layer."""
+  shapes = kernel_shapes(cfg)
+  return cfg.num_layers * lora_cfg.rank * sum(sum(shapes[m]) for m in lora_cfg.modules)
+
+
+def init(cfg: ModelConfig, lora_cfg: LoraConfig, rng) -> dict:
+  """Fresh adapters: A ~ U(±1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5))), B = 0, so the adapted model
+  starts equal to the base."""
+  if not lora_cfg.enabled:
+    raise ValueError("lora rank=0: LoRA is off, there are no adapters to initialise")
+  if isinstance(rng, int):
+    rng = jax.random.PRNGKey(rng)
+  shapes, r, n = kernel_shapes(cfg), lora_cfg.rank, cfg.num_layers
+  adapters = {}
+  for name, key in zip(lora_cfg.modules, jax.random.split(rng, len(lora_cfg.modules))):
+    fan_in, fan_out = shapes[name]
+    bound = 1.0 / fan_in ** 0.5
+    adapters[name] = {"a": jax.random.uniform(key, (n, fan_in, r), jnp.float32, -bound, bound),
+                      "b": jnp.zeros((n, r, fan_out), jnp.float32)}
+  return adapters
+
+
+def attach(base: dict, adapters: dict, lora_cfg: LoraConfig, rng=None) -> dict:
+  """base + adapters as one param tree for models.forward (and everything that calls it): the adapters
+  sit under "lora" with B scaled by alpha / rank. With `rng` and lora_cfg.dropout > 0 (training), the
+  adapters' inputs are dropped out. Differentiate through this function to train the adapters only."""
+  lora = {}
+  for name, ab in adapters.items():
+    entry = {"a": ab["a"], "b": ab["b"] * lora_cfg.scale}
+    if rng is not None and lora_cfg.dropout > 0:
+      entry["dropout"] = jnp.full(ab["a"].shape[:1], lora_cfg.dropout, jnp.float32)
+    lora[name] = entry
+  if rng is not None and lora_cfg.dropout > 0:
+    lora["rng"] = rng
+  return {**base, "lora": lora}
+
+
+def detach(params: dict) -> dict:
+  """The base of an attached tree (the reference policy under LoRA: the same weights, adapters off)."""
+  return {k: v for k, v in params.items() if k != "lora"}
+
+
+def merge_attached(params: dict) -> dict:
+  """An attached tree -> plain params with W + A·(scaled B) in each target kernel (in its dtype)."""
+  base, lora = detach(params), params["lora"]
+  layers = dict(base["layers"])
+  for name, ab in lora.items():
+    if name == "rng":
+      continue
+    kernel = layers[name]["kernel"]
+    delta = jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST)
+    layers[name] = {**layers[name], "kernel": (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)}
+  return {**base, "layers": layers}
+
+
+def merge(base: dict, adapters: dict, lora_cfg: LoraConfig) -> dict:
+  """Plain params whose forward equals the adapted forward (export, or a rollout that merges once)."""
+  return merge_attached(attach(base, adapters, lora_cfg))
