@@ -77,6 +77,18 @@ def test_fresh_adapters_are_float32_start_at_the_base_and_count_their_params():
                                 models.logits(cfg, base, tokens))
 
 
+def test_split_separates_the_trainable_factors_and_join_rebuilds_the_tree():
+  cfg, lora_cfg = QWEN, models.LoraConfig(rank=4, dropout=0.1, targets=("q", "up"))
+  base, adapters = models.init_params(cfg, 0), _trained_adapters(cfg, lora_cfg)
+  attached = lora.attach(base, adapters, lora_cfg)
+  frozen, trainable = lora.split(attached)
+  assert set(trainable) == {"q_proj", "up_proj"} and set(trainable["q_proj"]) == {"a", "b"}
+  assert set(frozen["lora"]["q_proj"]) == {"scale", "dropout"}
+  assert frozen["layers"] is base["layers"]  # no copy of the base
+  jax.tree.map(np.testing.assert_array_equal, lora.join(frozen, trainable), attached)
+  jax.tree.map(np.testing.assert_array_equal, lora.detach(attached), base)
+
+
 def test_adapter_forward_equals_merged_weights_forward(case):
   cfg, lora_cfg, base, adapters = case
   tokens = _tokens(cfg)

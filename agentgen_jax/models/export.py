@@ -37,7 +37,7 @@ def to_hf_weights(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
 def save_hf(cfg: ModelConfig, params: dict, folder: str, tokenizer=None) -> str:
   """Writes the folder (float32 weights) and returns its path; params with LoRA adapters attached
   (models.lora.attach) are written merged."""
-  if "lora" in params:
+  if lora_lib.is_attached(params):
     params = lora_lib.merge_attached(params)
   if cfg.architecture == "qwen2" and (not cfg.qkv_bias or cfg.o_bias):
     raise ValueError(f"qwen2 in transformers has q/k/v biases and no o_proj bias; this config has "

@@ -88,17 +88,41 @@ def init(cfg: ModelConfig, lora_cfg: LoraConfig, rng) -> dict:
 
 def attach(base: dict, adapters: dict, lora_cfg: LoraConfig, rng=None) -> dict:
   """base + adapters as one param tree for models.forward (and everything that calls it): the adapters
-  sit under "lora" with B scaled by alpha / rank. With `rng` and lora_cfg.dropout > 0 (training), the
-  adapters' inputs are dropped out. Differentiate through this function to train the adapters only."""
+  sit under "lora", each with its per-layer scale alpha / rank (and dropout rate). With `rng` and
+  lora_cfg.dropout > 0 (training), the adapters' inputs are dropped out."""
   lora = {}
   for name, ab in adapters.items():
-    entry = {"a": ab["a"], "b": ab["b"] * lora_cfg.scale}
-    if rng is not None and lora_cfg.dropout > 0:
-      entry["dropout"] = jnp.full(ab["a"].shape[:1], lora_cfg.dropout, jnp.float32)
-    lora[name] = entry
-  if rng is not None and lora_cfg.dropout > 0:
-    lora["rng"] = rng
-  return {**base, "lora": lora}
+    layers = ab["a"].shape[:1]
+    lora[name] = {"a": ab["a"], "b": ab["b"], "scale": jnp.full(layers, lora_cfg.scale, jnp.float32)}
+    if lora_cfg.dropout > 0:
+      lora[name]["dropout"] = jnp.full(layers, lora_cfg.dropout, jnp.float32)
+  params = {**base, "lora": lora}
+  return params if rng is None else with_rng(params, rng)
+
+
+def with_rng(params: dict, rng) -> dict:
+  """An attached tree whose forward draws its adapter dropout from `rng` (no effect at dropout 0)."""
+  return {**params, "lora": {**params["lora"], "rng": rng}}
+
+
+def split(params: dict) -> tuple[dict, dict]:
+  """An attached tree -> (frozen, adapters): everything but A and B (the base, scales, dropout rates), and
+  {name: {"a", "b"}}, the trainable part. join(frozen, adapters) rebuilds the tree."""
+  lora = {k: v for k, v in params["lora"].items() if k != "rng"}
+  adapters = {name: {"a": e["a"], "b": e["b"]} for name, e in lora.items()}
+  frozen_lora = {name: {k: v for k, v in e.items() if k not in ("a", "b")} for name, e in lora.items()}
+  return {**detach(params), "lora": frozen_lora}, adapters
+
+
+def join(frozen: dict, adapters: dict, rng=None) -> dict:
+  """The inverse of split; with `rng`, the adapters' dropout is on (training)."""
+  lora = {name: {**e, **adapters[name]} for name, e in frozen["lora"].items()}
+  params = {**frozen, "lora": lora}
+  return params if rng is None else with_rng(params, rng)
+
+
+def is_attached(params) -> bool:
+  return isinstance(params, dict) and "lora" in params
 
 
 def detach(params: dict) -> dict:
@@ -107,17 +131,16 @@ def detach(params: dict) -> dict:
 
 
 def merge_attached(params: dict) -> dict:
-  """An attached tree -> plain params with W + A·(scaled B) in each target kernel (in its dtype)."""
-  base, lora = detach(params), params["lora"]
-  layers = dict(base["layers"])
-  for name, ab in lora.items():
+  """An attached tree -> plain params with W + scale·A·B in each target kernel (in its dtype)."""
+  layers = dict(params["layers"])
+  for name, e in params["lora"].items():
     if name == "rng":
       continue
     kernel = layers[name]["kernel"]
-    delta = jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32),
-                       precision=jax.lax.Precision.HIGHEST)
+    delta = jnp.einsum("lir,lro,l->lio", e["a"].astype(jnp.float32), e["b"].astype(jnp.float32),
+                       e["scale"].astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
     layers[name] = {**layers[name], "kernel": (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)}
-  return {**base, "layers": layers}
+  return {**detach(params), "layers": layers}
 
 
 def merge(base: dict, adapters: dict, lora_cfg: LoraConfig) -> dict:

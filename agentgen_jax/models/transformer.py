@@ -90,7 +90,7 @@ class RMSNorm(nn.Module):
 
 class LoraDense(nn.Dense):
   """nn.Dense plus, when the "lora" collection holds this layer's adapter, the low-rank branch
-  x·A·B (B pre-scaled by alpha / rank, see models/lora.py), computed beside x·W: the merged weight is
+  (x·A)·B·scale (scale = alpha / rank, see models/lora.py), computed beside x·W: the merged weight is
   never formed, so neither a second copy of the weights nor a weight-sized gradient exists. With a
   "dropout" rng and a per-layer "dropout" rate, the branch's input is dropped out (PEFT's lora_dropout)."""
 
@@ -99,12 +99,12 @@ class LoraDense(nn.Dense):
     y = super().__call__(x)
     if not self.has_variable("lora", "a"):
       return y
-    a, b = self.get_variable("lora", "a"), self.get_variable("lora", "b")
+    a, b, scale = (self.get_variable("lora", k) for k in ("a", "b", "scale"))
     if self.has_variable("lora", "dropout") and self.has_rng("dropout"):
       keep = 1.0 - self.get_variable("lora", "dropout")
       kept = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
       x = jnp.where(kept, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
-    return y + (x @ a.astype(self.dtype)) @ b.astype(self.dtype)
+    return y + (x @ a.astype(self.dtype)) @ b.astype(self.dtype) * scale.astype(self.dtype)
 
 
 def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn.Dense:
