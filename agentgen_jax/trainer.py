@@ -19,10 +19,9 @@ import numpy as np
 
 from agentgen_jax import checkpoint, data, models, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
-from agentgen_jax.rl import advantages, learner, losses, sft
+from agentgen_jax.rl import batch as rl_batch
+from agentgen_jax.rl import learner, sft
 from agentgen_jax.study import metrics
-
-ALGOS = ("grpo", "ppo", "reinforce")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -41,15 +40,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.rollout = ml_collections.ConfigDict(dict(
       mode="generate", max_turns=0, max_new_tokens=48, max_episode_tokens=1024, temperature=1.0,
       top_p=1.0, max_candidates=32, system_prompt=""))
-  c.algo = "grpo"
-  c.gamma, c.lam = 1.0, 1.0
   c.iterations = 10
   c.tasks_per_iteration = 4
   c.group_size = 4                 # episodes per task (the GRPO group)
   c.learner = ml_collections.ConfigDict(dict(
       lr=1e-5, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0, clip_low=0.2,
       clip_high=0.2, value_clip=0.2, value_coef=0.5, entropy_coef=0.0, kl_coef=0.0, kl_estimator="k3",
-      kl_mode="loss", critic="none", micro_batch_size=8, mini_batch_size=16, epochs=1))
+      kl_mode="loss", critic="none", micro_batch_size=8, mini_batch_size=16, epochs=1, estimator="grpo",
+      gamma=1.0, lam=1.0, bootstrap_truncated=False, loss_agg="token-mean"))
   c.sft = ml_collections.ConfigDict(dict(tasks=0, epochs=2, batch_size=8, micro_batch_size=0, lr=1e-3))
   # sft.micro_batch_size: rows per forward/backward (0: the whole batch at once)
   c.eval = ml_collections.ConfigDict(dict(
@@ -61,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def learner_config(c: ml_collections.ConfigDict, **overrides) -> learner.LearnerConfig:
-  fields = dict(c.learner.to_dict())
+  # The learner scores the distribution the rollout sampled from: one temperature, the rollout's.
+  fields = dict(c.learner.to_dict(), temperature=c.rollout.temperature)
   fields.update(overrides)
   return learner.LearnerConfig(**fields)
 
@@ -78,8 +77,6 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   """One-line errors for bad values, naming the valid choices (before any model or env is loaded)."""
   import envs
   from envs import base as env_base
-  if c.algo not in ALGOS:
-    raise ValueError(f"unknown algo {c.algo!r}; valid: {', '.join(ALGOS)}")
   if c.rollout.mode not in rollout.MODES:
     raise ValueError(f"unknown rollout.mode {c.rollout.mode!r}; valid: {', '.join(rollout.MODES)}")
   for name in list(c.envs) + list(c.eval.envs):
@@ -87,14 +84,12 @@ def check_config(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"unknown env {name!r}; known envs: {', '.join(envs.names())}")
   if c.env_weights and len(c.env_weights) != len(c.envs):
     raise ValueError(f"env_weights has {len(c.env_weights)} entries for {len(c.envs)} envs")
-  if c.algo == "ppo" and c.learner.critic == "none":
-    raise ValueError("algo 'ppo' needs a critic: set learner.critic to 'shared' or 'separate'")
   if c.sft.micro_batch_size and c.sft.batch_size % c.sft.micro_batch_size:
     raise ValueError(f"sft.batch_size={c.sft.batch_size} is not a multiple of "
                      f"sft.micro_batch_size={c.sft.micro_batch_size}")
   if c.group_size < 1 or c.tasks_per_iteration < 1:
     raise ValueError("group_size and tasks_per_iteration must be >= 1")
-  learner_config(c)  # kl_mode, kl_estimator, critic, schedule, batch sizes
+  learner_config(c)  # estimator, kl_mode, kl_estimator, critic, loss_agg, temperature, batch sizes
   rollout_config(c)
   for field, value, valid in (("train_split", c.train_split, env_base.SPLITS),
                               ("train_difficulty", c.train_difficulty, env_base.DIFFICULTIES),
@@ -329,39 +324,6 @@ class Logger:
       self._tb.close()
 
 
-def _learner_mode(rollout_mode: str) -> str:
-  return "choice" if rollout_mode == "choose" else "token"
-
-
-def compute_advantages(c, batch: dict, mode: str, state, policy: Policy, lcfg) -> dict:
-  """Fills advantages/returns (and old values, reference log-probs) into a learner batch."""
-  mask_key = "unit_mask" if mode == "choice" else "loss_mask"
-  mask = jnp.asarray(batch[mask_key])
-  extra = learner.evaluate_batch(policy.cfg, state, batch, mode, micro_batch_size=lcfg.micro_batch_size,
-                                 lcfg=lcfg)
-  rewards = jnp.asarray(batch["rewards"])
-  if lcfg.kl_mode == "reward" and lcfg.kl_coef > 0 and "ref_logprobs" in extra:
-    rewards = losses.kl_penalty_rewards(rewards, jnp.asarray(extra["logprobs"]),
-                                        jnp.asarray(extra["ref_logprobs"]), mask, lcfg.kl_coef,
-                                        lcfg.kl_estimator)
-  if c.algo == "ppo":
-    adv, ret = advantages.token_gae(rewards, jnp.asarray(extra["old_values"]), mask, c.gamma, c.lam)
-    batch["old_values"] = np.asarray(extra["old_values"])
-  else:
-    returns = jnp.sum(rewards * mask, axis=1)
-    group = jnp.asarray(batch["group_ids"])
-    per_episode = (advantages.grpo(returns, group) if c.algo == "grpo"
-                   else advantages.reinforce_baseline(returns, group))
-    adv = advantages.broadcast_to_tokens(per_episode, mask)
-    ret = adv
-  batch["advantages"] = np.asarray(adv)
-  batch["returns"] = np.asarray(ret)
-  if "ref_logprobs" in extra:
-    batch["ref_logprobs"] = np.asarray(extra["ref_logprobs"])
-  batch["logprob_mismatch"] = float(extra.get("logprob_mismatch", 0.0))
-  return batch
-
-
 def _all_finite(tree) -> bool:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
   return bool(jax.device_get(jnp.all(jnp.stack(leaves)))) if leaves else True
@@ -384,7 +346,7 @@ def rl_train(c, policy: Policy, params, pool, workdir: str, logger: Logger, *, s
 
   Returns the final params and the training curve (success/score per iteration).
   """
-  mode = _learner_mode(c.rollout.mode)
+  mode = c.rollout.mode
   lcfg = learner_config(c)
   rcfg = rollout_config(c)
   roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, rcfg)
@@ -410,11 +372,9 @@ def rl_train(c, policy: Policy, params, pool, workdir: str, logger: Logger, *, s
     rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), it)
     episodes = roller.run(state.params, tasks, jax.random.fold_in(rng, 0))
     t_rollout = time.time() - t0
-    batch = rollout.choice_batch(episodes) if mode == "choice" else rollout.token_batch(episodes)
-    batch = compute_advantages(c, batch, mode, state, policy, lcfg)
-    mismatch = batch.pop("logprob_mismatch")
+    batch, batch_metrics = rl_batch.learner_batch(episodes, state, policy.cfg, lcfg, mode)
     state, m = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
-    m = dict(_floats(jax.device_get(m)), logprob_mismatch=mismatch)
+    m = dict(_floats(jax.device_get(m)), **batch_metrics)
     _check_finite(m, state.params, it, ckpt_dir, last_good)
     success = float(np.mean([ep.success for ep in episodes]))
     score = float(np.mean([ep.score for ep in episodes]))

@@ -133,11 +133,11 @@ def test_grpo_constant_group_and_padding_rows_give_zero():
   np.testing.assert_allclose(out[3:], [-1.0, 1.0, 0.0], atol=1e-4)
 
 
-def test_reinforce_leave_one_out_matches_reference():
+def test_rloo_leave_one_out_matches_reference():
   rng = np.random.default_rng(7)
   returns = rng.normal(size=20)
   groups = rng.integers(0, 6, size=20)
-  out = np.asarray(adv_lib.reinforce_baseline(returns, groups))
+  out = np.asarray(adv_lib.rloo(returns, groups))
   ref = np.zeros(20)
   for i in range(20):
     others = [returns[j] for j in range(20) if groups[j] == groups[i] and j != i]
@@ -149,3 +149,58 @@ def test_broadcast_to_tokens():
   mask = np.array([[0, 1, 1, 0], [1, 0, 0, 1]], np.float32)
   out = np.asarray(adv_lib.broadcast_to_tokens(np.array([2.0, -1.0]), mask))
   np.testing.assert_array_equal(out, [[0, 2, 2, 0], [-1, 0, 0, -1]])
+
+
+def _ref_group_norm_f64(returns, groups, valid, eps=1e-6):
+  """Two-pass float64 GRPO on the same float32 inputs, and RLOO."""
+  x = np.asarray(returns, np.float32).astype(np.float64)
+  grpo_ref, rloo_ref = np.zeros_like(x), np.zeros_like(x)
+  for i in np.nonzero(valid)[0]:
+    g = x[(groups == groups[i]) & valid]
+    grpo_ref[i] = (x[i] - g.mean()) / (g.std() + eps)
+    rloo_ref[i] = x[i] - (g.sum() - x[i]) / (len(g) - 1) if len(g) > 1 else x[i]
+  return grpo_ref, rloo_ref
+
+
+@pytest.mark.parametrize("returns", [
+    [0.5, 0.5001, 0.4999, 0.5],                  # near-constant: E[x^2] - E[x]^2 gave +-100 here
+    [1000.0, 1000.01, 1000.02, 999.99],          # offset group: the one-pass variance is pure rounding
+    [1e4 + 0.25, 1e4 - 0.25, 1e4 + 0.5, 1e4],
+])
+def test_group_statistics_are_accurate_in_float32(returns):
+  groups, valid = np.zeros(4, np.int32), np.ones(4, bool)
+  grpo_ref, rloo_ref = _ref_group_norm_f64(returns, groups, valid)
+  np.testing.assert_allclose(np.asarray(adv_lib.grpo(np.float32(returns), groups)), grpo_ref, rtol=2e-3)
+  np.testing.assert_allclose(np.asarray(adv_lib.rloo(np.float32(returns), groups)), rloo_ref,
+                             rtol=2e-3, atol=1e-6)
+
+
+def test_invalid_episodes_are_left_out_of_group_statistics():
+  # Episode 2 of group 0 crashed (env failure, reward 0): the group's statistics are those of the rest.
+  returns = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0], np.float32)
+  groups = np.array([0, 0, 0, 0, 1, 1])
+  valid = np.array([1, 1, 0, 1, 1, 1], bool)
+  grpo_ref, rloo_ref = _ref_group_norm_f64(returns, groups, valid)
+  out = np.asarray(adv_lib.grpo(returns, groups, valid=valid))
+  np.testing.assert_allclose(out, grpo_ref, rtol=1e-4, atol=1e-5)
+  assert out[2] == 0.0
+  np.testing.assert_allclose(np.asarray(adv_lib.rloo(returns, groups, valid=valid)), rloo_ref, atol=1e-6)
+
+
+def test_token_gae_bootstraps_truncated_rows_from_the_given_value():
+  # One row, agent units at 0, 2, 3 (1 is an env token); gamma 0.5, lam 1, cut after unit 3 with V = 4.
+  rewards = np.array([[1.0, 9.0, 0.0, 2.0]], np.float32)
+  values = np.array([[0.5, 7.0, 1.0, 3.0]], np.float32)
+  mask = np.array([[1, 0, 1, 1]], np.float32)
+  adv, ret = adv_lib.token_gae(rewards, values, mask, 0.5, 1.0, bootstrap=np.array([4.0]))
+  # returns: unit 3: 2 + 0.5 * 4 = 4; unit 2: 0 + 0.5 * 4 = 2; unit 0: 1 + 0.5 * 2 = 2.
+  np.testing.assert_allclose(np.asarray(ret), [[2.0, 0.0, 2.0, 4.0]], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(adv), [[1.5, 0.0, 1.0, 1.0]], atol=1e-6)
+  # Without bootstrap (termination): unit 3's return is its reward.
+  _, ret0 = adv_lib.token_gae(rewards, values, mask, 0.5, 1.0)
+  np.testing.assert_allclose(np.asarray(ret0), [[1.5, 0.0, 1.0, 2.0]], atol=1e-6)
+  # Turn GAE: the same bootstrap after the last turn. Turns: {0}, {2, 3}; turn values 0.5, 1.0.
+  turn_ids = np.array([[0, -1, 1, 1]])
+  _, tret = adv_lib.turn_gae(rewards, values, mask, turn_ids, 0.5, 1.0, bootstrap=np.array([4.0]))
+  # turn 1: 2 + 0.5 * 4 = 4; turn 0: 1 + 0.5 * 4 = 3.
+  np.testing.assert_allclose(np.asarray(tret), [[3.0, 0.0, 4.0, 4.0]], atol=1e-6)

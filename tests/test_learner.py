@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agentgen_jax import models
-from agentgen_jax.rl import learner, policy
+from agentgen_jax.rl import advantages, learner, policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ def tiny():
 
 
 def token_batch(seed, b=8, t=24, vocab=4096):
-  """A TOKEN-mode batch: [obs][agent][obs][agent] rows, some right-padded, with random RL fields."""
+  """A generate-mode batch: [obs][agent][obs][agent] rows, some right-padded, with random RL fields."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, vocab, size=(b, t)).astype(np.int32)
   valid = np.ones((b, t), bool)
@@ -61,7 +61,7 @@ def param_delta(state, params0):
 # Choice mode: a packed tree of candidates must score each candidate as if it were forwarded on its own.
 
 def choice_batch(rows, pad_to=None):
-  """Packs episodes into the CHOICE-mode layout.
+  """Packs episodes into the choose-mode layout.
 
   rows: list of episodes; an episode is a list of turns (context tokens, candidates [token lists], chosen).
   Returns the batch dict and, per row, [(context prefix, candidate token lists, chosen)] for references.
@@ -167,8 +167,8 @@ def test_choice_logprobs_equal_separate_candidate_forwards(tiny):
   cfg, params = tiny
   head = models.value.init_value_head(cfg, jax.random.PRNGKey(1))
   batch, refs = choice_batch(random_episodes(0, b=3))
-  logp, ent, values = jax.jit(lambda p, h, bt: policy.units("choice", cfg, p, h, "shared", bt))(
-      params, head, batch)
+  units = jax.jit(lambda p, h, bt: policy.units("choose", cfg, p, bt, critic="shared", critic_params=h))
+  logp, ent, values, _ = units(params, head, batch)
   for i, (r_logp, r_ent, r_val) in enumerate(reference_choice(cfg, params, head, refs)):
     k = len(r_logp)
     np.testing.assert_allclose(np.asarray(logp)[i, :k], r_logp, rtol=1e-4, atol=1e-5)
@@ -185,7 +185,7 @@ def test_evaluate_batch_logprobs_values_and_mismatch(tiny):
   lcfg = learner.LearnerConfig(critic="shared", kl_coef=0.1, micro_batch_size=2, mini_batch_size=4)
   state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(0))
   batch = token_batch(1, b=3)
-  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  ev = learner.evaluate_batch(cfg, state, batch, "generate", micro_batch_size=4)
   logits, hidden, _ = models.forward(cfg, params, batch["tokens"], batch["positions"], batch["valid"])
   lp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
   ref = np.zeros(batch["tokens"].shape)
@@ -197,7 +197,7 @@ def test_evaluate_batch_logprobs_values_and_mismatch(tiny):
   v = np.asarray(models.value.values(state.critic_params, hidden))
   np.testing.assert_allclose(ev["old_values"][:, 1:], v[:, :-1], rtol=1e-5, atol=1e-6)
   batch["old_logprobs"] = ev["logprobs"] + np.where(batch["loss_mask"] > 0, 0.5, 7.0)
-  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  ev = learner.evaluate_batch(cfg, state, batch, "generate", micro_batch_size=4)
   assert abs(ev["logprob_mismatch"] - 0.5) < 1e-5
 
 
@@ -208,7 +208,7 @@ def _fresh(cfg, params, lcfg):
 
 def _rl_fields(cfg, params, lcfg, batch):
   state = _fresh(cfg, params, lcfg)
-  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  ev = learner.evaluate_batch(cfg, state, batch, "generate", micro_batch_size=4)
   rng = np.random.default_rng(5)
   batch = dict(batch, old_logprobs=ev["logprobs"] + 0.1 * rng.normal(size=ev["logprobs"].shape),
                old_values=ev["old_values"], ref_logprobs=ev["ref_logprobs"] - 0.05)
@@ -228,7 +228,7 @@ def test_microbatched_update_equals_full_batch_update(tiny):
   batch = _rl_fields(cfg, params, micro, token_batch(2))
   results = []
   for lcfg in (micro, full):
-    state, metrics = learner.make_update(cfg, lcfg, "token")(_fresh(cfg, params, lcfg), batch)
+    state, metrics = learner.make_update(cfg, lcfg, "generate")(_fresh(cfg, params, lcfg), batch)
     results.append((param_delta(state, params), state.critic_params, jax.device_get(metrics)))
   (d_micro, c_micro, m_micro), (d_full, c_full, m_full) = results
   assert tree_rel_err(d_micro, d_full) < 1e-5
@@ -245,13 +245,13 @@ def test_ppo_epochs_raise_logprobs_of_positive_advantage_tokens(tiny):
   lcfg = learner.LearnerConfig(lr=3e-3, micro_batch_size=2, mini_batch_size=4, epochs=3)
   state = _fresh(cfg, params, lcfg)
   batch = token_batch(3, b=6)
-  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
+  ev = learner.evaluate_batch(cfg, state, batch, "generate", micro_batch_size=4)
   sign = np.where(np.arange(batch["tokens"].shape[1]) % 2 == 0, 1.0, -1.0)[None]
   batch.update(old_logprobs=ev["logprobs"], advantages=(sign * batch["loss_mask"]).astype(np.float32))
-  update = learner.make_update(cfg, lcfg, "token")
+  update = learner.make_update(cfg, lcfg, "generate")
   state, metrics = learner.train_epochs(update, state, batch, jax.random.PRNGKey(7), lcfg)
   assert int(state.step) == 6  # 3 epochs x 2 minibatches (6 rows: 4, then 2 padded with masked rows)
-  after = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)["logprobs"]
+  after = learner.evaluate_batch(cfg, state, batch, "generate", micro_batch_size=4)["logprobs"]
   diff = (after - ev["logprobs"])
   pos = (batch["loss_mask"] > 0) & (sign > 0)
   neg = (batch["loss_mask"] > 0) & (sign < 0)
@@ -278,13 +278,13 @@ _SHARDED_SCRIPT = textwrap.dedent("""
                                entropy_coef=0.01, micro_batch_size=8, mini_batch_size=16)
   batch = tl._rl_fields(cfg, params, lcfg, tl.token_batch(4, b=16))
   mesh = parallel.make_mesh(axes=("data",))
-  s1, m1 = learner.make_update(cfg, lcfg, "token")(tl._fresh(cfg, params, lcfg), batch)
+  s1, m1 = learner.make_update(cfg, lcfg, "generate")(tl._fresh(cfg, params, lcfg), batch)
   s8 = jax.device_put(tl._fresh(cfg, params, lcfg), parallel.replicated(mesh))
-  s8, m8 = learner.make_update(cfg, lcfg, "token", mesh=mesh)(s8, batch)
+  s8, m8 = learner.make_update(cfg, lcfg, "generate", mesh=mesh)(s8, batch)
   m1, m8 = jax.device_get((m1, m8))
   fresh = tl._fresh(cfg, params, lcfg)
-  e1 = learner.evaluate_batch(cfg, fresh, batch, "token", micro_batch_size=8)
-  e8 = learner.evaluate_batch(cfg, fresh, batch, "token", micro_batch_size=8, mesh=mesh)
+  e1 = learner.evaluate_batch(cfg, fresh, batch, "generate", micro_batch_size=8)
+  e8 = learner.evaluate_batch(cfg, fresh, batch, "generate", micro_batch_size=8, mesh=mesh)
   t1, tm1 = sft.make_sft_step(cfg, lcfg)(tl._fresh(cfg, params, lcfg), batch)
   t8 = jax.device_put(tl._fresh(cfg, params, lcfg), parallel.replicated(mesh))
   t8, tm8 = sft.make_sft_step(cfg, lcfg, mesh=mesh)(t8, batch)
@@ -313,42 +313,6 @@ def test_update_on_8_simulated_devices_equals_1_device():
   assert out["sft"] < 1e-5 and out["sft_loss"] < 1e-5, out
 
 
-# ---------------------------------------------------------------------------------------------------------
-# From a rollout batch to advantages.
-
-def test_prepare_batch_gae_with_kl_reward_penalty(tiny):
-  from agentgen_jax.rl import advantages as adv_lib
-  cfg, params = tiny
-  lcfg = learner.LearnerConfig(critic="shared", kl_coef=0.1, kl_mode="reward", kl_estimator="k1",
-                               micro_batch_size=2, mini_batch_size=4)
-  state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(0))
-  batch = token_batch(6, b=3)
-  ev = learner.evaluate_batch(cfg, state, batch, "token", micro_batch_size=4)
-  batch["old_logprobs"] = (ev["logprobs"] + 0.3).astype(np.float32)  # the sampler differs from ref by 0.3
-  out, metrics = learner.prepare_batch(cfg, state, batch, lcfg, "token", "gae", gamma=0.9, lam=0.8,
-                                       micro_batch_size=4)
-  m = batch["loss_mask"] > 0
-  penalised = np.where(m, batch["rewards"] - 0.1 * 0.3, batch["rewards"])
-  ref_adv, ref_ret = adv_lib.token_gae(penalised, ev["old_values"], m, 0.9, 0.8)
-  np.testing.assert_allclose(out["advantages"], ref_adv, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(out["returns"], ref_ret, rtol=1e-4, atol=1e-5)
-  assert abs(metrics["logprob_mismatch"] - 0.3) < 1e-5
-  assert set(learner.batch_keys("token", lcfg)) <= set(out)
-
-
-def test_prepare_batch_grpo_broadcasts_group_advantages(tiny):
-  from agentgen_jax.rl import advantages as adv_lib
-  cfg, params = tiny
-  lcfg = learner.LearnerConfig(micro_batch_size=2, mini_batch_size=4)
-  state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(0))
-  batch = token_batch(7, b=4)
-  batch.update(group_ids=np.array([5, 5, 9, 9]), episode_return=np.array([1.0, 0.0, 0.5, 0.5], np.float32))
-  out, _ = learner.prepare_batch(cfg, state, batch, lcfg, "token", "grpo", micro_batch_size=4)
-  per_episode = np.asarray(adv_lib.grpo(batch["episode_return"], batch["group_ids"]))
-  np.testing.assert_allclose(per_episode, [1.0, -1.0, 0.0, 0.0], atol=1e-4)
-  np.testing.assert_allclose(out["advantages"], per_episode[:, None] * batch["loss_mask"], atol=1e-6)
-
-
 @pytest.mark.slow
 def test_choice_mode_ppo_with_separate_critic_moves_chosen_actions(tiny):
   cfg, params = tiny
@@ -358,11 +322,14 @@ def test_choice_mode_ppo_with_separate_critic_moves_chosen_actions(tiny):
   batch, _ = choice_batch(random_episodes(1, b=4))
   good = np.array([1.0, 1.0, -1.0, -1.0], np.float32)[:, None]
   batch["rewards"] = (good * batch["unit_mask"]).astype(np.float32)
-  batch, _ = learner.prepare_batch(cfg, state, batch, lcfg, "choice", "gae", micro_batch_size=4)
+  ev = learner.evaluate_batch(cfg, state, batch, "choose", micro_batch_size=4, lcfg=lcfg)
+  adv, ret = advantages.token_gae(batch["rewards"], ev["old_values"], batch["unit_mask"], 1.0, 1.0)
+  batch.update(old_logprobs=ev["logprobs"], old_values=ev["old_values"], ref_logprobs=ev["ref_logprobs"],
+               advantages=np.asarray(adv), returns=np.asarray(ret))
   before = batch["old_logprobs"]
-  update = learner.make_update(cfg, lcfg, "choice")
+  update = learner.make_update(cfg, lcfg, "choose")
   state, metrics = learner.train_epochs(update, state, batch, jax.random.PRNGKey(1), lcfg)
-  after = learner.evaluate_batch(cfg, state, batch, "choice", micro_batch_size=4)
+  after = learner.evaluate_batch(cfg, state, batch, "choose", micro_batch_size=4)
   m = batch["unit_mask"] > 0
   diff = after["logprobs"] - before
   assert diff[:2][m[:2]].mean() > 0.05 and diff[2:][m[2:]].mean() < -0.05, diff

@@ -18,7 +18,7 @@ def _config(algo: str):
   c.train_difficulty = "easy"
   c.pool_size, c.workers = 16, 2
   c.rollout.mode, c.rollout.max_turns, c.rollout.max_episode_tokens = "choose", 10, 768
-  c.algo = algo
+  c.learner.estimator = "token_gae" if algo == "ppo" else algo
   c.iterations, c.tasks_per_iteration, c.group_size = 8, 4, 4
   c.learner.lr = 3e-4
   c.learner.micro_batch_size, c.learner.mini_batch_size = 2, 16

@@ -8,6 +8,7 @@ import pytest
 import envs
 from agentgen_jax import models, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
+from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
 from agentgen_jax.trainer import expert_episodes
 
@@ -31,10 +32,10 @@ def _run(setup, mode, **kw):
 def test_generate_logprobs_match_learner_recompute(setup):
   cfg, params, _, _, _ = setup
   episodes = _run(setup, "generate")
-  batch = rollout.token_batch(episodes)
+  batch = rl_batch.token_batch(episodes)
   lcfg = learner.LearnerConfig()
   state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(1))
-  out = learner.evaluate_batch(cfg, state, batch, "token", lcfg=lcfg)
+  out = learner.evaluate_batch(cfg, state, batch, "generate", lcfg=lcfg)
   mask = batch["loss_mask"] > 0
   assert mask.sum() > 0
   assert np.abs(out["logprobs"][mask] - batch["old_logprobs"][mask]).mean() < 1e-3
@@ -64,10 +65,10 @@ def test_choice_logprobs_match_learner_recompute(setup):
   for ep in episodes:
     assert ep.actions and len(ep.choices) == ep.turns
     assert ep.invalid == 0  # every chosen action is a listed valid action
-  batch = rollout.choice_batch(episodes)
+  batch = rl_batch.choice_batch(episodes)
   lcfg = learner.LearnerConfig()
   state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(1))
-  out = learner.evaluate_batch(cfg, state, batch, "choice", micro_batch_size=2, lcfg=lcfg)
+  out = learner.evaluate_batch(cfg, state, batch, "choose", micro_batch_size=2, lcfg=lcfg)
   mask = batch["unit_mask"] > 0
   assert np.abs(out["logprobs"][mask] - batch["old_logprobs"][mask]).max() < 1e-3
   # choice log-probs are proper: every turn's distribution sums to one over its candidates

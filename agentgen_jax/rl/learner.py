@@ -1,6 +1,7 @@
 """The PPO / GRPO learner: config, train state, one jitted sharded update over a minibatch, PPO epochs.
 
 One loss serves both action modes: it is written over loss units (tokens or turns, see rl/policy.py).
+Batches come from rl/batch.py (`learner_batch`), the one path from episodes to advantages.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agentgen_jax.rl import advantages as adv_lib
 from agentgen_jax.rl import losses, policy
 
 KL_MODES = ("loss", "reward", "none")
+GAE_ESTIMATORS = ("token_gae", "turn_gae")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -39,7 +41,7 @@ class LearnerConfig:
   value_coef: float = 0.5
   entropy_coef: float = 0.0
   kl_coef: float = 0.0
-  kl_estimator: str = "k3"  # "k1" | "k3"
+  kl_estimator: str = "k3"  # "k1" (reward only) | "k2" (grad of KL(pi||ref)) | "k3" (grad of KL(ref||pi))
   kl_mode: str = "loss"  # "loss" | "reward" | "none"
   critic: str = "none"  # "none" | "shared" (head on the policy trunk) | "separate" (own trunk + head)
   critic_lr: float | None = None  # default: lr
@@ -49,14 +51,34 @@ class LearnerConfig:
   warmup_steps: int = 0
   schedule: str = "constant"  # "constant" | "cosine" (cosine needs total_steps)
   total_steps: int = 0
+  estimator: str = "grpo"  # advantage estimator, one of rl.advantages.ESTIMATORS
+  gamma: float = 1.0  # discount per unit (token, or turn for turn_gae and choose mode)
+  lam: float = 1.0  # GAE lambda
+  bootstrap_truncated: bool = False  # GAE: an episode cut by a budget bootstraps from the critic's value
+  loss_agg: str = "token-mean"  # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" (Dr. GRPO)
+  temperature: float = 1.0  # the rollout's sampling temperature: the learner scores softmax(logits / T)
 
   def __post_init__(self):
     for name, value, choices in (("kl_mode", self.kl_mode, KL_MODES),
                                  ("kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS),
                                  ("critic", self.critic, policy.CRITICS),
-                                 ("schedule", self.schedule, SCHEDULES)):
+                                 ("schedule", self.schedule, SCHEDULES),
+                                 ("estimator", self.estimator, adv_lib.ESTIMATORS),
+                                 ("loss_agg", self.loss_agg, losses.LOSS_AGGS)):
       if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {choices}")
+    if self.kl_estimator == "k1" and self.kl_mode == "loss":
+      raise ValueError("kl_estimator='k1' with kl_mode='loss' has zero expected gradient; use 'k2' or 'k3' "
+                       "as a loss, or kl_mode='reward'")
+    if self.temperature <= 0:
+      raise ValueError(f"temperature={self.temperature} must be > 0: the learner scores the sampled "
+                       "distribution softmax(logits / temperature), and greedy rollouts have none")
+    if self.estimator in GAE_ESTIMATORS and self.critic == "none":
+      raise ValueError(f"estimator={self.estimator!r} needs a critic: set critic to 'shared' or 'separate'")
+    if self.bootstrap_truncated and self.estimator not in GAE_ESTIMATORS:
+      raise ValueError(f"bootstrap_truncated needs estimator in {GAE_ESTIMATORS}, got {self.estimator!r}")
+    if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+      raise ValueError(f"gamma={self.gamma} and lam={self.lam} must lie in [0, 1]")
     if self.micro_batch_size <= 0 or self.mini_batch_size % self.micro_batch_size:
       raise ValueError(f"mini_batch_size={self.mini_batch_size} is not a multiple of "
                        f"micro_batch_size={self.micro_batch_size}")
@@ -127,7 +149,7 @@ def init_state(model_cfg, params, lcfg: LearnerConfig, rng, mesh=None) -> TrainS
 
 def batch_keys(mode: str, lcfg: LearnerConfig, for_update: bool = True) -> tuple[str, ...]:
   """The batch fields the update (or evaluate_batch, for_update=False) reads in `mode`."""
-  if mode == "token":
+  if mode == "generate":
     keys = ["tokens", "positions", "valid"]
   else:
     keys = ["tokens", "positions", "valid", "attn_mask", "pred_pos", "cand_id", "cand_turn", "chosen",
@@ -142,27 +164,30 @@ def batch_keys(mode: str, lcfg: LearnerConfig, for_update: bool = True) -> tuple
   return tuple(keys)
 
 
-def _unit_sums(lcfg, mode, model_cfg, params, critic_params, mb):
-  """Masked SUMS over one micro-batch of the loss and the metrics (divided by the global count later)."""
+def _loss_and_sums(lcfg, mode, model_cfg, params, critic_params, mb):
+  """One micro-batch: the weighted loss sum (mb["unit_weight"] carries loss_agg) and masked metric SUMS."""
   mask = mb[policy.unit_mask_key(mode)] > 0
-  logp, entropy, values = policy.units(mode, model_cfg, params, critic_params, lcfg.critic, mb,
-                                       with_entropy=True)
-  pl, clipped = losses.policy_surrogate(logp, mb["old_logprobs"], mb["advantages"], lcfg.clip_low,
+  u = policy.units(mode, model_cfg, params, mb, lcfg.temperature, lcfg.critic, critic_params)
+  pl, clipped = losses.policy_surrogate(u.logp, mb["old_logprobs"], mb["advantages"], lcfg.clip_low,
                                         lcfg.clip_high)
   s = lambda x: losses.masked_sum(x, mask)
-  sums = {"policy_loss": s(pl), "clip_frac": s(clipped.astype(jnp.float32)), "entropy": s(entropy),
+  sums = {"policy_loss": s(pl), "clip_frac": s(clipped.astype(jnp.float32)), "entropy": s(u.entropy),
           # k3 of the sampling policy against the current one: how far this epoch has moved.
-          "approx_kl": s(losses.kl_estimate(mb["old_logprobs"], logp, "k3"))}
-  loss = sums["policy_loss"] - lcfg.entropy_coef * sums["entropy"]
+          "approx_kl": s(losses.kl_estimate(mb["old_logprobs"], u.logp, "k3"))}
+  per_unit = pl - lcfg.entropy_coef * u.entropy
   if lcfg.uses_ref:
-    sums["kl"] = s(losses.kl_estimate(logp, mb["ref_logprobs"], lcfg.kl_estimator))
+    kl = losses.kl_estimate(u.logp, mb["ref_logprobs"], lcfg.kl_estimator)
+    sums["kl"] = s(kl)
     if lcfg.kl_mode == "loss":
-      loss = loss + lcfg.kl_coef * sums["kl"]
-  if values is not None:
-    sums["value_loss"] = s(losses.value_loss(values, mb["old_values"], mb["returns"], lcfg.value_clip))
-    loss = loss + lcfg.value_coef * sums["value_loss"]
-    err = mb["returns"] - values
+      per_unit = per_unit + lcfg.kl_coef * kl
+  if u.values is not None:
+    vl = losses.value_loss(u.values, mb["old_values"], mb["returns"], lcfg.value_clip)
+    sums["value_loss"] = s(vl)
+    per_unit = per_unit + lcfg.value_coef * vl
+    err = mb["returns"] - u.values
     sums.update(ret=s(mb["returns"]), ret2=s(jnp.square(mb["returns"])), err=s(err), err2=s(jnp.square(err)))
+  loss = s(per_unit * mb["unit_weight"])
+  sums["loss"] = loss
   return loss, sums
 
 
@@ -211,25 +236,33 @@ def accumulate(loss_and_sums, trainable, micro, n_units):
   return grads, sums
 
 
-def _update(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, minibatch):
+def loss_gradients(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, minibatch):
+  """((policy grads, critic grads), metrics) of the minibatch loss: the update's gradient, exact under
+  micro-batching (loss_agg weights come from the whole minibatch) and data parallelism (XLA sums rows)."""
   mask = minibatch[policy.unit_mask_key(mode)] > 0
   n_units = jnp.maximum(jnp.sum(mask).astype(jnp.float32), 1.0)
+  minibatch = dict(minibatch, unit_weight=losses.agg_weights(mask, lcfg.loss_agg))
   micro = split_micro(minibatch, lcfg.micro_batch_size, mesh)
-  loss_and_sums = lambda t, mb: _unit_sums(lcfg, mode, model_cfg, t[0], t[1], mb)
-  (g_policy, g_critic), sums = accumulate(loss_and_sums, (state.params, state.critic_params), micro, n_units)
+  loss_and_sums = lambda t, mb: _loss_and_sums(lcfg, mode, model_cfg, t[0], t[1], mb)
+  grads, sums = accumulate(loss_and_sums, (state.params, state.critic_params), micro, 1.0)
+  # Metrics are unit means (whatever loss_agg), "loss" the aggregated loss that was differentiated.
+  metrics = {k: v / n_units for k, v in sums.items() if k not in ("ret", "ret2", "err", "err2", "loss")}
+  metrics.update(loss=sums["loss"], grad_norm=optax.global_norm(grads[0]), n_units=n_units)
+  if lcfg.critic != "none":
+    metrics.update(critic_grad_norm=optax.global_norm(grads[1]),
+                   explained_variance=_explained_variance(sums, n_units))
+  return grads, metrics
 
-  tx = make_optimizer(lcfg)
-  updates, opt_state = tx.update(g_policy, state.opt_state, state.params)
+
+def _update(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, minibatch):
+  (g_policy, g_critic), metrics = loss_gradients(model_cfg, lcfg, mode, mesh, state, minibatch)
+  updates, opt_state = make_optimizer(lcfg).update(g_policy, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {k: v / n_units for k, v in sums.items() if k not in ("ret", "ret2", "err", "err2")}
-  metrics.update(grad_norm=optax.global_norm(g_policy), n_units=n_units)
   critic_params, critic_opt_state = state.critic_params, state.critic_opt_state
   if lcfg.critic != "none":
-    ctx = make_optimizer(lcfg, lcfg.critic_lr)
-    c_updates, critic_opt_state = ctx.update(g_critic, critic_opt_state, critic_params)
+    c_updates, critic_opt_state = make_optimizer(lcfg, lcfg.critic_lr).update(g_critic, critic_opt_state,
+                                                                              critic_params)
     critic_params = optax.apply_updates(critic_params, c_updates)
-    metrics.update(critic_grad_norm=optax.global_norm(g_critic),
-                   explained_variance=_explained_variance(sums, n_units))
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, critic_params=critic_params,
                         critic_opt_state=critic_opt_state)
   return state, metrics
@@ -244,7 +277,7 @@ def jit_step(fn, mesh=None):
   return jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
 
-def make_update(model_cfg, lcfg: LearnerConfig, mode: str = "token", mesh=None):
+def make_update(model_cfg, lcfg: LearnerConfig, mode: str = "generate", mesh=None):
   """`update(state, minibatch) -> (state, metrics)`: one optimiser step, jitted, the state donated.
 
   minibatch: dict of arrays with a leading row dimension (a multiple of micro_batch_size, itself a
@@ -303,25 +336,27 @@ def train_epochs(update, state, batch, rng, lcfg: LearnerConfig):
   return state, {k: float(np.mean([m[k] for m in history])) for k in history[0]} if history else {}
 
 
-def _evaluate(model_cfg, mode, critic, params, critic_params, ref_params, batch):
-  logp, entropy, values = policy.units(mode, model_cfg, params, critic_params, critic, batch)
-  out = {"logprobs": logp, "entropy": entropy}
-  if values is not None:
-    out["old_values"] = values
+def _evaluate(model_cfg, mode, critic, temperature, params, critic_params, ref_params, batch):
+  u = policy.units(mode, model_cfg, params, batch, temperature, critic, critic_params)
+  out = {"logprobs": u.logp, "entropy": u.entropy}
+  if u.values is not None:
+    out["old_values"] = u.values
+  if u.last_value is not None:
+    out["last_value"] = u.last_value
   if ref_params is not None:
-    ref = policy.units(mode, model_cfg, ref_params, None, "none", batch, with_entropy=False)
-    out["ref_logprobs"] = ref[0]
+    out["ref_logprobs"] = policy.units(mode, model_cfg, ref_params, batch, temperature,
+                                       with_entropy=False).logp
   return out
 
 
 _EVALUATORS: dict = {}
 
 
-def _jitted_evaluate(model_cfg, mode, critic, mesh):
+def _jitted_evaluate(model_cfg, mode, critic, temperature, mesh):
   # Keyed by the config's repr: a model config need not be hashable.
-  key = (repr(model_cfg), mode, critic, mesh)
+  key = (repr(model_cfg), mode, critic, temperature, mesh)
   if key not in _EVALUATORS:
-    fn = functools.partial(_evaluate, model_cfg, mode, critic)
+    fn = functools.partial(_evaluate, model_cfg, mode, critic, temperature)
     if mesh is None:
       _EVALUATORS[key] = jax.jit(fn)
     else:
@@ -330,24 +365,27 @@ def _jitted_evaluate(model_cfg, mode, critic, mesh):
   return _EVALUATORS[key]
 
 
-def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "token", micro_batch_size: int = 8,
+def _critic_kind(state: TrainState) -> str:
+  if state.critic_params is None:
+    return "none"
+  separate = isinstance(state.critic_params, dict) and "trunk" in state.critic_params
+  return "separate" if separate else "shared"
+
+
+def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "generate", micro_batch_size: int = 8,
                    lcfg: LearnerConfig | None = None, mesh=None):
-  """Forward passes before an update: current logprobs, critic values and reference logprobs.
+  """Forward passes before an update: current logprobs, critic values and reference logprobs, all of the
+  tempered distribution softmax(logits / lcfg.temperature) (default lcfg: temperature 1, the state's critic).
 
   batch: numpy rows, run micro_batch_size rows at a time (a multiple of the mesh's `data` size; rows
   sharded over `data` with a mesh). Returns numpy {"logprobs", "entropy", "old_values" (with a critic),
-  "ref_logprobs" (with a reference)} [B, U], plus scalars "logprob_mismatch" (mean |sampler - learner|
-  logprob) and "mismatch_kl" (k3) over the loss units when the batch has "old_logprobs".
+  "last_value" [B] (with a critic and batch["last_pos"]), "ref_logprobs" (with a reference)} [B, U], plus
+  scalars "logprob_mismatch" (mean |sampler - learner| logprob) and "mismatch_kl" (k3) over the loss
+  units when the batch has "old_logprobs".
   """
-  if lcfg is not None:
-    critic = lcfg.critic
-  elif state.critic_params is None:
-    critic = "none"
-  else:
-    separate = isinstance(state.critic_params, dict) and "trunk" in state.critic_params
-    critic = "separate" if separate else "shared"
-  keys = batch_keys(mode, LearnerConfig(), for_update=False)
-  fn = _jitted_evaluate(model_cfg, mode, critic, mesh)
+  lcfg = lcfg or LearnerConfig(critic=_critic_kind(state))
+  keys = batch_keys(mode, lcfg, for_update=False) + (("last_pos",) if "last_pos" in batch else ())
+  fn = _jitted_evaluate(model_cfg, mode, lcfg.critic, lcfg.temperature, mesh)
   b = len(batch["tokens"])
   chunks = []
   for start in range(0, b, micro_batch_size):
@@ -364,49 +402,3 @@ def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "token", mic
     result["logprob_mismatch"] = float(np.abs(old - new).sum() / n)
     result["mismatch_kl"] = float((np.expm1(new - old) - (new - old)).sum() / n)
   return result
-
-
-ESTIMATORS = ("gae", "turn_gae", "grpo", "reinforce")
-
-
-def prepare_batch(model_cfg, state: TrainState, batch, lcfg: LearnerConfig, mode: str = "token",
-                  estimator: str = "gae", gamma: float = 1.0, lam: float = 1.0,
-                  recompute_old_logprobs: bool = False, micro_batch_size: int = 8, mesh=None):
-  """A rollout batch made ready for `train_epochs`: evaluate_batch, KL reward penalty, advantages.
-
-  Adds "old_values" / "ref_logprobs" (when used), "advantages" and "returns" ([B, U]); with
-  `recompute_old_logprobs` the learner's own logprobs replace the sampler's as the PPO "old" ones.
-  "gae" / "turn_gae" use the critic's values (zeros without a critic: Monte-Carlo returns); "grpo" and
-  "reinforce" use episode_return and group_ids ([B]), adjusted by the KL penalty when kl_mode="reward".
-  Returns (batch, metrics of the evaluation).
-  """
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"estimator {estimator!r} is not one of {ESTIMATORS}")
-  if estimator == "turn_gae" and mode != "token":
-    raise ValueError(f"estimator 'turn_gae' needs mode 'token' (choice-mode units are turns), got {mode!r}")
-  ev = evaluate_batch(model_cfg, state, batch, mode, micro_batch_size, lcfg, mesh)
-  out = dict(batch)
-  mask = np.asarray(batch[policy.unit_mask_key(mode)])
-  if recompute_old_logprobs or "old_logprobs" not in out:
-    out["old_logprobs"] = ev["logprobs"]
-  for key in ("old_values", "ref_logprobs"):
-    if key in ev:
-      out[key] = ev[key]
-  raw = np.asarray(batch["rewards"], np.float32)
-  rewards = raw
-  if lcfg.uses_ref and lcfg.kl_mode == "reward":
-    rewards = np.asarray(losses.kl_penalty_rewards(raw, out["old_logprobs"], out["ref_logprobs"], mask,
-                                                   lcfg.kl_coef, lcfg.kl_estimator))
-  values = out.get("old_values", np.zeros_like(raw))
-  if estimator == "gae":
-    adv, ret = adv_lib.token_gae(rewards, values, mask, gamma, lam)
-  elif estimator == "turn_gae":
-    adv, ret = adv_lib.turn_gae(rewards, values, mask, batch["turn_ids"], gamma, lam)
-  else:
-    episode = np.asarray(batch["episode_return"], np.float32) + ((rewards - raw) * (mask > 0)).sum(1)
-    fn = adv_lib.grpo if estimator == "grpo" else adv_lib.reinforce_baseline
-    adv = adv_lib.broadcast_to_tokens(fn(episode, batch["group_ids"]), mask)
-    ret = adv_lib.token_gae(rewards, np.zeros_like(raw), mask, gamma, 1.0)[1]
-  out["advantages"], out["returns"] = np.asarray(adv), np.asarray(ret)
-  metrics = {k: v for k, v in ev.items() if np.ndim(v) == 0}
-  return out, metrics

@@ -1,7 +1,8 @@
-"""Per-unit RL loss terms (clipped surrogate, clipped value loss, KL estimators, entropy) and masked sums.
+"""Per-unit RL loss terms (clipped surrogate, clipped value loss, KL estimators, entropy), masked sums and
+the per-unit weights of each loss aggregation (`loss_agg`).
 
-Every term is returned per unit ([B, U]); the learner sums them under the mask and divides by the number
-of loss units of the whole minibatch, so that micro-batching does not change the reduction.
+Every term is returned per unit ([B, U]); the learner sums them weighted by `agg_weights`, computed over
+the whole minibatch before it is split, so micro-batching and data parallelism do not change the loss.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-KL_ESTIMATORS = ("k1", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
 def masked_sum(x, mask):
@@ -55,11 +57,19 @@ def value_loss(values, old_values, returns, value_clip: float | None):
 def kl_estimate(logp, ref_logp, estimator: str):
   """Per-unit estimate of KL(pi || ref) from samples of pi (Schulman, "Approximating KL divergence").
 
-  k1 = logp - ref_logp (unbiased, can be negative); k3 = exp(r) - 1 - r with r = ref_logp - logp
-  (unbiased, always >= 0, lower variance).
+  With r = ref_logp - logp:
+  - k1 = -r: unbiased for KL(pi||ref), can be negative. As a LOSS its expected gradient (units sampled
+    from pi, sampling not differentiated) is E_pi[grad log pi] = 0: it regularises nothing, so the
+    learner refuses it with kl_mode="loss". In the reward it is the standard penalty.
+  - k2 = r^2 / 2: biased, >= 0. Expected gradient E_pi[(log pi - log ref) grad log pi] = grad KL(pi||ref).
+  - k3 = exp(r) - 1 - r (verl's "low_var_kl", used by AgentGym-RL): unbiased for KL(pi||ref), >= 0. As a
+    loss its expected gradient is E_pi[(1 - ref/pi) grad log pi] = -sum ref grad log pi = grad KL(ref||pi):
+    the reverse divergence (mass-covering toward ref), not grad KL(pi||ref).
   """
   if estimator == "k1":
     return logp - ref_logp
+  if estimator == "k2":
+    return 0.5 * jnp.square(logp - ref_logp)
   if estimator == "k3":
     r = ref_logp - logp
     return jnp.expm1(r) - r
@@ -96,3 +106,25 @@ def explained_variance(values, returns, mask):
   err = returns - values
   var_e = masked_mean(jnp.square(err - masked_mean(err, mask)), mask)
   return jnp.where(var_r > 0, 1.0 - var_e / jnp.where(var_r > 0, var_r, 1.0), 0.0)
+
+
+def agg_weights(mask, loss_agg: str):
+  """Per-unit weights [B, U] so that sum(weights * per-unit loss) is the minibatch loss of `loss_agg`.
+
+  mask [B, U] marks loss units of the WHOLE minibatch (compute before splitting into micro-batches).
+  - token-mean: every unit of the minibatch counts once: 1 / (units in the minibatch).
+  - seq-mean-token-mean: each row's unit mean, averaged over rows with units: 1 / (row units * rows).
+  - seq-mean-token-sum (Dr. GRPO): each row's unit SUM, averaged over rows with units: 1 / rows. We do not
+    divide by a constant maximum length: the scale then grows with the episode length (mind the lr).
+  Rows without loss units (padding, env failures) get weight 0 and are not counted.
+  """
+  m = (jnp.asarray(mask) > 0).astype(jnp.float32)
+  per_row = jnp.sum(m, axis=1, keepdims=True)  # [B, 1]
+  rows = jnp.maximum(jnp.sum(per_row > 0).astype(jnp.float32), 1.0)
+  if loss_agg == "token-mean":
+    return m / jnp.maximum(jnp.sum(m), 1.0)
+  if loss_agg == "seq-mean-token-mean":
+    return m / (jnp.maximum(per_row, 1.0) * rows)
+  if loss_agg == "seq-mean-token-sum":
+    return m / rows
+  raise ValueError(f"loss_agg {loss_agg!r} is not one of {LOSS_AGGS}")

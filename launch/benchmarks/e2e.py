@@ -12,6 +12,7 @@ import time
 import jax
 
 from agentgen_jax import checkpoint, data, rollout, trainer
+from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
 
 # Where an iteration's seconds go. generate / env / tokenize are the Roller's own timings (rollout.py);
@@ -64,7 +65,7 @@ def config(s: Setting):
   c.rollout.max_turns = s.max_turns
   c.rollout.max_new_tokens = s.max_new_tokens
   c.rollout.max_episode_tokens = 1024
-  c.algo = "grpo"
+  c.learner.estimator = "grpo"
   c.tasks_per_iteration, c.group_size = s.tasks, s.group
   c.pool_size, c.workers = s.tasks * s.group, 2
   c.learner.lr = 3e-4
@@ -96,7 +97,7 @@ class _CompileClock:
 
 def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it: int):
   """One iteration of trainer.rl_train's loop: -> (state, {part: seconds}, wall seconds, facts)."""
-  mode, lcfg = trainer._learner_mode(c.rollout.mode), trainer.learner_config(c)
+  mode, lcfg = c.rollout.mode, trainer.learner_config(c)
   parts = {}
   roller.timings = {}
   compile_start = _CompileClock.now()
@@ -109,9 +110,7 @@ def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it:
   compile_rollout = _CompileClock.now() - compile_start
 
   t, compile_learn = time.perf_counter(), _CompileClock.now()
-  batch = rollout.choice_batch(episodes) if mode == "choice" else rollout.token_batch(episodes)
-  batch = trainer.compute_advantages(c, batch, mode, state, policy, lcfg)
-  batch.pop("logprob_mismatch")
+  batch, _ = rl_batch.learner_batch(episodes, state, policy.cfg, lcfg, mode)
   state, _ = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
   state = jax.block_until_ready(state)
   parts["learn"] = time.perf_counter() - t
@@ -142,7 +141,7 @@ def measure(s: Setting, warmup: int = 1, timed: int | None = None) -> dict:
   policy = trainer.load_policy(c)
   lcfg = trainer.learner_config(c)
   state = learner.init_state(policy.cfg, policy.params, lcfg, jax.random.PRNGKey(c.seed))
-  update = learner.make_update(policy.cfg, lcfg, mode=trainer._learner_mode(c.rollout.mode))
+  update = learner.make_update(policy.cfg, lcfg, mode=c.rollout.mode)
   runs, timed = [], s.timed if timed is None else timed
   with tempfile.TemporaryDirectory() as workdir, trainer.make_pool(c, c.envs) as pool:
     roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, trainer.rollout_config(c), profile=True)

@@ -18,7 +18,7 @@ def small(envs, iterations: int = 8):
   # turn adds ~14 TextCraft candidates to the choose-mode learner batch (cost ~ length^2).
   c.rollout.max_turns = 6
   c.rollout.max_episode_tokens = 768  # attention is T^2: longer demos are skipped, longer episodes cut
-  c.algo = "grpo"
+  c.learner.estimator = "grpo"
   c.iterations = iterations
   c.tasks_per_iteration = 4
   c.group_size = 4
