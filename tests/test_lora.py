@@ -157,6 +157,76 @@ def test_dropout_only_with_an_rng_and_deterministic_given_it():
                   eval_mode) < 1e-5
 
 
+# --- training the adapters only: the learner and SFT under LoRA ---
+
+def _rl_batch(cfg, b=4, t=16, seed=0):
+  rng = np.random.default_rng(seed)
+  loss_mask = np.zeros((b, t), np.float32)
+  loss_mask[:, 6:12] = 1.0
+  return dict(tokens=rng.integers(0, cfg.vocab_size, (b, t)).astype(np.int32), positions=_positions(b, t),
+              valid=np.ones((b, t), bool), loss_mask=loss_mask,
+              advantages=(rng.normal(size=(b, 1)) * loss_mask).astype(np.float32),
+              returns=(rng.normal(size=(b, 1)) * loss_mask).astype(np.float32))
+
+
+def _numpy_copy(tree):
+  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def test_lora_rl_update_trains_the_adapters_only_against_the_base_as_reference():
+  from agentgen_jax.rl import learner
+  cfg, lora_cfg = QWEN, models.LoraConfig(rank=4, alpha=8.0, dropout=0.1)
+  base = models.init_params(cfg, 0)
+  before = _numpy_copy(base)
+  lcfg = learner.LearnerConfig(lr=1e-2, kl_coef=0.1, kl_estimator="k3", critic="separate",
+                               estimator="token_gae", micro_batch_size=2, mini_batch_size=4)
+  state = learner.init_state(cfg, lora.attach(base, lora.init(cfg, lora_cfg, 1), lora_cfg), lcfg,
+                             jax.random.PRNGKey(0))
+  assert state.ref_params is None and state.frozen["layers"] is base["layers"]  # one copy of the weights
+  assert set(state.params) == set(lora_cfg.modules) and set(state.critic_params["trunk"]) == set(state.params)
+  batch = _rl_batch(cfg)
+  ev = learner.evaluate_batch(cfg, state, batch, "generate", 4, lcfg)
+  np.testing.assert_array_equal(ev["logprobs"], ev["ref_logprobs"])  # B = 0: the adapted model is the base
+  batch.update(old_logprobs=ev["logprobs"], old_values=ev["old_values"], ref_logprobs=ev["ref_logprobs"])
+  update = learner.make_update(cfg, lcfg, mode="generate")
+  for _ in range(3):
+    state, metrics = update(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["kl"]) > 0
+  jax.tree.map(np.testing.assert_array_equal, base, before)  # the base is bit-identical
+  jax.tree.map(np.testing.assert_array_equal, state.frozen["layers"], before["layers"])
+  assert float(jnp.abs(state.params["q_proj"]["b"]).max()) > 0
+  assert float(jnp.abs(state.critic_params["trunk"]["up_proj"]["b"]).max()) > 0
+  after = learner.evaluate_batch(cfg, state, batch, "generate", 4, lcfg)
+  np.testing.assert_array_equal(after["ref_logprobs"], ev["ref_logprobs"])
+  assert np.abs(after["logprobs"] - ev["logprobs"]).max() > 1e-3
+  # Checkpoints hold the adapters, their optimiser state and the critic, not the base.
+  saved = state.checkpointable()
+  assert saved.frozen is None
+  not_adapter_sized = [x.shape for x in jax.tree.leaves(saved)
+                       if x.size > cfg.hidden_size + 2 and lora_cfg.rank not in x.shape[-2:]]
+  assert not not_adapter_sized
+
+
+def test_lora_sft_lowers_the_loss_and_leaves_the_base_bit_identical():
+  from agentgen_jax.rl import learner, sft
+  cfg, lora_cfg = QWEN, models.LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "down"))
+  base = models.init_params(cfg, 0)
+  before = _numpy_copy(base)
+  lcfg = learner.LearnerConfig(lr=3e-2, micro_batch_size=2)
+  state = learner.init_state(cfg, lora.attach(base, lora.init(cfg, lora_cfg, 1), lora_cfg), lcfg,
+                             jax.random.PRNGKey(0))
+  step = sft.make_sft_step(cfg, lcfg)
+  batch = _rl_batch(cfg)
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] - 0.1, losses
+  jax.tree.map(np.testing.assert_array_equal, base, before)
+  adapted = learner.policy_params(state)
+  assert lora.is_attached(adapted) and adapted["layers"] is base["layers"]
+
+
 # --- export: transformers (merged) and peft (adapter folder) ---
 
 torch = pytest.importorskip("torch")
