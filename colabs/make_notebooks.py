@@ -21,8 +21,7 @@ SHRINK = """def shrink(c):
     c.eval.tasks, c.eval.k = 2, 1
     c.rollout.max_turns = 3
     c.pool_size = 4
-    if "study" in c:
-        c.study.warm_start_tasks_per_env = min(c.study.warm_start_tasks_per_env, 4)
+    c.study.warm_start_tasks_per_env = min(c.study.warm_start_tasks_per_env, 4)
     return c"""
 
 
@@ -39,12 +38,12 @@ nb(["md:# Quickstart: train a small agent and read its transcripts\n\n"
     "GRPO in the `choose` action mode, evaluates again, and shows what the agent did.",
     SETUP, SHRINK,
     """from launch.configs import quickstart
-from agentgen_jax import trainer
+import agentgen_jax
 c = quickstart.get_config()
 if SMOKE:
     c = shrink(c)
 workdir = os.path.join(WORKDIR, "quickstart")
-results = trainer.run(c, workdir)""",
+results = agentgen_jax.run_job(agentgen_jax.resolve(c), workdir)""",
     """for e in results["evals"]:
     print(f"{e['stage']:5s} {e['env']:10s} success {e['avg_success']:.2f}  score {e['avg_score']:.2f}  "
           f"pass@{e['k']} {e['pass_at_k']:.2f}  turns {e['mean_turns']:.1f}")""",
@@ -66,7 +65,7 @@ nb(["md:# The cross-environment transfer matrix\n\n"
     SETUP, SHRINK,
     """import json
 from launch.configs import study_cross_env_small
-from agentgen_jax.study import protocols
+import agentgen_jax
 RESULTS = os.environ.get("AGENTGEN_RESULTS", "")  # a results.json of a finished study, to only plot it
 workdir = os.path.join(WORKDIR, "cross_env")
 if RESULTS:
@@ -75,7 +74,7 @@ else:
     c = study_cross_env_small.get_config()
     if SMOKE:
         c = shrink(c)
-    results = protocols.run_study(c, workdir)""",
+    results = agentgen_jax.run_study(agentgen_jax.resolve(c), workdir)""",
     """from agentgen_jax.study import metrics
 for stage, t in metrics.transfer(results["evals"]).items():
     print(stage, "held-in", t["held_in"], "held-out", t["held_out"], t["delta"])""",
@@ -89,12 +88,12 @@ nb(["md:# Sequential training and forgetting\n\n"
     "joint mixture training of the same budget.",
     SETUP, SHRINK,
     """from launch.configs import study_sequential_small
-from agentgen_jax.study import protocols
+import agentgen_jax
 c = study_sequential_small.get_config()
 if SMOKE:
     c = shrink(c)
 workdir = os.path.join(WORKDIR, "sequential")
-results = protocols.run_study(c, workdir)
+results = agentgen_jax.run_study(agentgen_jax.resolve(c), workdir)
 m = results["metrics"]
 print("BWT", m.get("bwt"), "FWT", m.get("fwt"), "forgetting", m.get("forgetting"))""",
     """seq = results["metrics"]["sequences"][0]

@@ -1,5 +1,6 @@
 """What the launch/*.py commands share: flag parsing that ends a bad command in one line naming the bad
-value and the valid choices, never in a traceback (config values are checked by trainer.check_config).
+value and the valid choices, never in a traceback (config values are checked by
+agentgen_jax.config.resolve).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 from ml_collections import ConfigDict
 
 
@@ -55,3 +56,12 @@ def _unknown_config_field(argv: list[str]) -> str | None:
         return f"unknown config field {field!r}; valid fields of {parent}: {valid}"
       node = node[key]
   return None
+
+
+def resolve(config: ConfigDict):
+  """agentgen_jax.config.resolve(config), a bad value ending the command in one line (a usage error)."""
+  from agentgen_jax import config as config_lib
+  try:
+    return config_lib.resolve(config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None

@@ -25,7 +25,8 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "test"], "task split")
 _DIFFICULTY = flags.DEFINE_enum("difficulty", "all", ["easy", "hard", "all"], "task difficulty")
 _MODE = flags.DEFINE_enum("mode", None, ["generate", "choose"], "action mode (default: the run's)")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
-_MAX_TURNS = flags.DEFINE_integer("max_turns", 0, "turn cap (0 = each env's own)")
+_MAX_TURNS = flags.DEFINE_integer("max_turns", 0, "turn cap (0 = each env's own; default: a training "
+                                   "workdir's own, else each env's)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _POOL = flags.DEFINE_integer("pool_size", 8, "parallel episodes")
 _WORKERS = flags.DEFINE_integer("workers", 2, "environment worker processes")
@@ -33,14 +34,16 @@ flags.mark_flags_as_required(["checkpoint", "envs", "workdir"])
 
 
 def load_checkpoint(path: str, config):
-  """(config, params) for a training workdir, or for anything models.load accepts."""
+  """(config, params) for a training workdir (its model, tokenizer and rollout settings, its latest RL or
+  SFT checkpoint), or for anything models.load accepts."""
   from agentgen_jax import checkpoint, models
   workdir_config = os.path.join(path, "config.json")
   if os.path.isdir(path) and os.path.exists(workdir_config):
     with open(workdir_config, encoding="utf-8") as f:
       saved = json.load(f)
     config.model = saved["model"]
-    config.rollout.update(saved.get("rollout", {}))
+    config.tokenizer = saved.get("tokenizer", "")
+    config.rollout.update({k: v for k, v in saved.get("rollout", {}).items() if k in config.rollout})
     for sub in ("checkpoints", "sft"):
       ckpt_dir = os.path.join(path, sub)
       if os.path.isdir(ckpt_dir):
@@ -62,33 +65,35 @@ def main(argv):
   unknown = [e for e in _ENVS.value if e not in envs.names()]
   if unknown:
     raise app.UsageError(f"unknown envs {unknown}; known envs: {', '.join(envs.names())}")
-  from agentgen_jax import trainer
+  from agentgen_jax import agent as agent_lib
+  from agentgen_jax import config as config_lib
+  from agentgen_jax.evaluation import Evaluator
   from agentgen_jax.study import failures, report
-  config = trainer.default_config()
+  from agentgen_jax.tasks import make_pool
+  config = config_lib.default_config()
   try:
     config, params = load_checkpoint(_CHECKPOINT.value, config)
   except FileNotFoundError as e:  # the message names what --checkpoint may be
     raise app.UsageError(str(e)) from None
   if _MODE.value:
     config.rollout.mode = _MODE.value
-  config.rollout.max_turns = _MAX_TURNS.value
+  if flags.FLAGS["max_turns"].present:
+    config.rollout.max_turns = _MAX_TURNS.value
+  config.iterations, config.seed = 0, _SEED.value
   config.pool_size, config.workers, config.envs = _POOL.value, _WORKERS.value, tuple(_ENVS.value)
-  policy = trainer.load_policy(config)
-  rcfg = trainer.rollout_config(config, temperature=_TEMPERATURE.value)
-  traj = os.path.join(_WORKDIR.value, "trajectories")
-  with trainer.make_pool(config, _ENVS.value) as pool:
-    evals = trainer.evaluate(policy, params, pool, _ENVS.value, split=_SPLIT.value,
-                             difficulty=_DIFFICULTY.value, n_tasks=_TASKS.value, k=_K.value, rcfg=rcfg,
-                             seed=_SEED.value, stage="eval", trained_on=[], trajectory_dir=traj)
-  records = []
-  for name in _ENVS.value:
-    path = os.path.join(traj, f"eval_eval_{name}_{_DIFFICULTY.value}", "train.jsonl")
-    records += trainer.data.read_jsonl(path)
-  results = {"protocol": "evaluate", "model": config.model, "config": config.to_dict(), "evals": evals,
-             "metrics": {}, "failures": failures.failure_table(records)}
+  config.eval.update(dict(envs=tuple(_ENVS.value), split=_SPLIT.value, difficulty=_DIFFICULTY.value,
+                          tasks=_TASKS.value, k=_K.value, temperature=_TEMPERATURE.value))
+  cfg = cli.resolve(config)
+  agent = agent_lib.from_config(cfg)
+  with make_pool(cfg, _ENVS.value) as pool:
+    trajectories = os.path.join(_WORKDIR.value, "trajectories")
+    evaluation = Evaluator.from_config(cfg, agent, pool, trajectory_dir=trajectories).run(params, "eval")
+  results = {"protocol": "evaluate", "model": cfg.model, "config": config_lib.to_dict(cfg),
+             "evals": evaluation.summaries, "metrics": {},
+             "failures": failures.failure_table(evaluation.records)}
   report.write_report(results, _WORKDIR.value)
   print(json.dumps([{k: e[k] for k in ("env", "avg_success", "avg_score", "pass_at_k", "mean_turns")}
-                    for e in evals], indent=1))
+                    for e in evaluation.summaries], indent=1))
 
 
 if __name__ == "__main__":

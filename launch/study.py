@@ -17,7 +17,7 @@ from ml_collections import config_flags
 from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py study config",
-                                          lock_config=False)
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "the study folder (shared by all its jobs)")
 _ONLY = flags.DEFINE_list("only", [], "run only these stages (plus the base stage if missing)")
 _MERGE = flags.DEFINE_bool("merge", False, "only collect finished stages into the report")
@@ -28,15 +28,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import parallel, trainer
+  from agentgen_jax import parallel
   from agentgen_jax.study import protocols
+  cfg = cli.resolve(_CONFIG.value)
   parallel.initialize_distributed()
-  try:
-    config = protocols.study_config(_CONFIG.value)
-    trainer.check_config(config)
-    study = protocols.Study(config, _WORKDIR.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  study = protocols.Study(cfg, _WORKDIR.value)
   if _LIST.value:
     for stage in study.stages:
       print(f"{stage.name}\tparent={stage.parent}\tenvs={','.join(stage.envs)}\t"

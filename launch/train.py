@@ -18,21 +18,22 @@ from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where results, checkpoints and logs go")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "resolve the config, print it as JSON and exit")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import parallel, trainer
+  from agentgen_jax import config as config_lib
+  from agentgen_jax import job, parallel
+  cfg = cli.resolve(_CONFIG.value)
+  if _PRINT_CONFIG.value:
+    print(json.dumps(config_lib.to_dict(cfg), indent=1, default=str))
+    return
   parallel.initialize_distributed()
-  config = _CONFIG.value
   try:
-    trainer.check_config(config)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  try:
-    results = trainer.run(config, _WORKDIR.value)
+    results = job.run(cfg, _WORKDIR.value)
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
     sys.exit(f"training stopped: {e}")
   summary = [{k: e[k] for k in ("stage", "env", "avg_success", "avg_score", "pass_at_k")}

@@ -2,16 +2,17 @@
 
 import pytest
 
-from agentgen_jax import trainer
+from agentgen_jax import config
 from agentgen_jax.study import protocols
 
 
 def _config(protocol, **study):
-  c = trainer.default_config()
+  c = config.default_config()
   c.envs = ("textcraft", "babyai")
   c.iterations = 3
-  c.study = dict(protocol=protocol, **study)
-  return protocols.study_config(c)
+  c.study.protocol = protocol
+  c.study.update(study)
+  return config.resolve(c)
 
 
 def test_cross_env_trains_each_env_from_the_base():

@@ -5,15 +5,18 @@ Slow (~20 min on 2 CPU cores): the tiny model is first warm-started by SFT on Ba
 from the same warm-started params with a fixed seed, and both are evaluated on the same unseen test seeds.
 """
 
+import dataclasses
+
 import pytest
 
-from agentgen_jax import trainer
+from agentgen_jax import agent, config, logs, rl_loop, tasks
+from agentgen_jax.evaluation import Evaluator
 
 N_TASKS, K = 40, 2
 
 
 def _config(algo: str):
-  c = trainer.default_config()
+  c = config.default_config()
   c.model, c.seed, c.envs = "tiny", 0, ("babyai",)
   c.train_difficulty = "easy"
   c.pool_size, c.workers = 16, 2
@@ -25,26 +28,24 @@ def _config(algo: str):
   if algo == "ppo":
     c.learner.critic, c.learner.value_coef = "shared", 0.5
   c.sft.tasks, c.sft.epochs, c.sft.batch_size, c.sft.micro_batch_size, c.sft.lr = 300, 4, 16, 16, 2e-3
-  return c
+  return config.resolve(c)
 
 
 def _success(c, policy, params, pool, stage):
-  evals = trainer.evaluate(policy, params, pool, ["babyai"], split="test", difficulty="easy",
-                           n_tasks=N_TASKS, k=K, rcfg=trainer.rollout_config(c, temperature=1.0),
-                           seed=123, stage=stage, trained_on=[])
-  return evals[0]["avg_success"]
+  evaluator = Evaluator(policy, pool, ["babyai"], dataclasses.replace(c.rollout, temperature=1.0),
+                        split="test", difficulties=("easy",), n_tasks=N_TASKS, k=K, seed=123)
+  return evaluator.run(params, stage).summaries[0]["avg_success"]
 
 
 @pytest.fixture(scope="module")
 def warm_start(tmp_path_factory):
   c = _config("grpo")
-  policy = trainer.load_policy(c)
+  policy = agent.from_config(c)
   workdir = str(tmp_path_factory.mktemp("sft"))
-  sft_config = _config("grpo")
-  sft_config.iterations = 0
-  with trainer.make_pool(c, c.envs) as pool:
-    params, _ = trainer.train_stage(sft_config, policy, policy.params, pool, workdir,
-                                    trainer.Logger(workdir), "sft")
+  sft_config = dataclasses.replace(c, iterations=0)
+  with tasks.make_pool(c, c.envs) as pool:
+    out = logs.StageOutput(workdir, logs.Logger(workdir), "sft")
+    params, _ = rl_loop.train_stage(sft_config, policy, policy.params, pool, out)
     start = _success(c, policy, params, pool, "start")
   return policy, params, start
 
@@ -54,9 +55,9 @@ def warm_start(tmp_path_factory):
 def test_short_rl_run_raises_held_in_success(algo, warm_start, tmp_path):
   policy, params, start = warm_start
   c = _config(algo)
-  logger = trainer.Logger(str(tmp_path))
-  with trainer.make_pool(c, c.envs) as pool:
-    trained, curves = trainer.rl_train(c, policy, params, pool, str(tmp_path), logger)
+  logger = logs.Logger(str(tmp_path))
+  with tasks.make_pool(c, c.envs) as pool:
+    trained, curves = rl_loop.rl_train(c, policy, params, pool, logs.StageOutput(str(tmp_path), logger))
     after = _success(c, policy, trained, pool, "after")
   logger.close()
   print(f"{algo}: held-in success {start:.3f} -> {after:.3f}; "

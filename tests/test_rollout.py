@@ -8,9 +8,9 @@ import pytest
 import envs
 from agentgen_jax import models, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
+from agentgen_jax.demos import expert_episodes
 from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
-from agentgen_jax.trainer import expert_episodes
 
 
 @pytest.fixture(scope="module")

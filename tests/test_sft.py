@@ -57,11 +57,12 @@ def test_sft_steps_reduce_the_exact_token_mean_loss():
 
 
 def test_sft_batches_group_demos_by_length_bucket():
-  from agentgen_jax import sampling, trainer
+  from agentgen_jax import demos as demos_lib
+  from agentgen_jax import sampling
   rng = np.random.default_rng(0)
   lengths = [int(n) for n in rng.integers(20, 700, size=37)]
   demos = [{"tokens": np.zeros(n, np.int32)} for n in lengths]
-  batches = trainer.sft_batches(demos, 8, np.random.default_rng(1))
+  batches = demos_lib.sft_batches(demos, 8, np.random.default_rng(1))
   seen = [int(i) for idx, _ in batches for i in idx]
   assert set(seen) == set(range(len(demos)))  # every demo in the epoch
   for idx, seq_len in batches:
@@ -70,6 +71,6 @@ def test_sft_batches_group_demos_by_length_bucket():
   # Fill-ups only repeat demos of the same bucket: each demo appears once plus at most 7 fills per bucket.
   n_buckets = len({sampling.bucket(n) for n in lengths})
   assert len(seen) - len(demos) <= 7 * n_buckets
-  again = trainer.sft_batches(demos, 8, np.random.default_rng(1))
+  again = demos_lib.sft_batches(demos, 8, np.random.default_rng(1))
   assert [(list(a), s) for a, s in batches] == [(list(a), s) for a, s in again]  # seeded
   assert len({s for _, s in batches}) == n_buckets  # short demos get short batches

@@ -6,13 +6,15 @@ import os
 
 import pytest
 
+from agentgen_jax import config
 from agentgen_jax.study import protocols
 from launch.configs import study_difficulty_small, study_mixture_small, study_small
 
 
 @pytest.mark.slow
 def test_difficulty_protocol_end_to_end(tmp_path):
-  results = protocols.run_study(study_small.smoke(study_difficulty_small.get_config()), str(tmp_path))
+  results = protocols.run_study(config.resolve(study_small.smoke(study_difficulty_small.get_config())),
+                                str(tmp_path))
   cells = {(e["stage"], e["difficulty"]) for e in results["evals"]}
   stages = ("base", "easy", "hard", "mixed", "easy>hard")
   assert cells == {(s, d) for s in stages for d in ("easy", "hard")}
@@ -27,7 +29,7 @@ def test_difficulty_protocol_end_to_end(tmp_path):
 def test_mixture_protocol_end_to_end(tmp_path):
   c = study_small.smoke(study_mixture_small.get_config())
   c.iterations, c.tasks_per_iteration = 2, 4  # 8 weighted draws of the env: both envs come up
-  results = protocols.run_study(c, str(tmp_path))
+  results = protocols.run_study(config.resolve(c), str(tmp_path))
   assert {(e["stage"], e["env"]) for e in results["evals"]} == {
       (s, env) for s in ("base", "mixture") for env in ("textcraft", "babyai")}
   curves = json.load(open(os.path.join(str(tmp_path), "stages", "mixture", "final.json")))["curves"]

@@ -6,12 +6,13 @@ import os
 
 import pytest
 
+from agentgen_jax import config
 from agentgen_jax.study import metrics, protocols
 from launch.configs import study_sequential_small, study_small
 
 
 def _config():
-  return study_small.smoke(study_sequential_small.get_config())
+  return config.resolve(study_small.smoke(study_sequential_small.get_config()))
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from agentgen_jax import trainer
+from agentgen_jax import rl_loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,14 +30,14 @@ def _run(cmd: list[str], timeout: float = 300, env=None) -> subprocess.Completed
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _shared_compile_cache(tmp_path) -> dict:
+def shared_compile_cache(tmp_path) -> dict:
   """The environment for runs that share XLA's persistent compilation cache: a rerun does not compile again
   what an earlier run compiled (the same executables, so the same numbers), which keeps the test short."""
   return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
-def _digest(workdir) -> str:
+def final_digest(workdir) -> str:
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     return json.load(f)["final_params_digest"]
 
@@ -50,7 +50,7 @@ def _saving(ckpt_dir) -> bool:
     return False
 
 
-def _has_step(ckpt_dir, step: int) -> bool:
+def has_step(ckpt_dir, step: int) -> bool:
   return os.path.isdir(os.path.join(ckpt_dir, str(step)))
 
 
@@ -68,7 +68,7 @@ def _family(pid: int) -> list[psutil.Process]:
     return []
 
 
-def _kill_9_when(cmd: list[str], env: dict, log, ready, delay: float = 0.0, timeout: float = 240) -> None:
+def kill_9_when(cmd: list[str], env: dict, log, ready, delay: float = 0.0, timeout: float = 240) -> None:
   """Starts cmd, waits until ready() (then `delay` seconds more), SIGKILLs its whole process group while it
   still runs, and checks that none of its processes (env workers included) survive."""
   with open(log, "w", encoding="utf-8") as out:
@@ -102,28 +102,28 @@ def _kill_9_when(cmd: list[str], env: dict, log, ready, delay: float = 0.0, time
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_rerun_gives_bit_identical_params(tmp_path):
-  env = _shared_compile_cache(tmp_path)
+  env = shared_compile_cache(tmp_path)
   full = tmp_path / "full"
   done = _run(_train_cmd(full), env=env)
   assert done.returncode == 0, done.stderr[-3000:]
-  expected = _digest(full)
+  expected = final_digest(full)
 
   work = tmp_path / "killed"
   ckpt = work / "checkpoints"
   cmd = _train_cmd(work)
   # 1: in the middle of saving checkpoint 2 (its orbax tmp folder exists), after 1 was finalised.
-  _kill_9_when(cmd, env, tmp_path / "kill1.log", lambda: _has_step(ckpt, 1) and _saving(ckpt))
-  assert [s for s in (1, 2) if _has_step(ckpt, s)] == [1]
+  kill_9_when(cmd, env, tmp_path / "kill1.log", lambda: has_step(ckpt, 1) and _saving(ckpt))
+  assert [s for s in (1, 2) if has_step(ckpt, s)] == [1]
   assert _saving(ckpt)                                       # the half-written checkpoint 2 is left
   # 2: the resumed run, at a random moment in the 5 s after its first own checkpoint (2) is written.
   delay = float(np.random.default_rng(5).uniform(0.0, 5.0))
-  _kill_9_when(cmd, env, tmp_path / "kill2.log", lambda: _has_step(ckpt, 2), delay=delay)
+  kill_9_when(cmd, env, tmp_path / "kill2.log", lambda: has_step(ckpt, 2), delay=delay)
   # 3: the same command once more runs to the end.
   done = _run(cmd, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert _digest(work) == expected
+  assert final_digest(work) == expected
   assert not _saving(ckpt), "a half-written checkpoint folder was left behind"
-  assert _has_step(ckpt, 4)
+  assert has_step(ckpt, 4)
   with open(work / "log.jsonl", encoding="utf-8") as f:
     resumed = [r["iteration"] for r in map(json.loads, f) if r.get("event") == "resumed"]
   assert len(resumed) == 2 and resumed[0] == 1 and resumed[1] >= 2   # each rerun went on, none restarted
@@ -176,7 +176,7 @@ _EVAL = [sys.executable, "-m", "launch.evaluate", "--checkpoint=tiny", "--envs=t
     (_TRAIN, ["--config.learner.critic=big"], "('none', 'shared', 'separate')"),
     (_TRAIN, ["--config.eval.difficulty=medium"], "valid: easy, hard, all"),
     (_TRAIN, ["--config.train_split=dev"], "valid: train, test"),
-    (_TRAIN, ["--config.learner.klcoef=0.1"], "valid fields of config.learner: b1, b2, clip_high"),
+    (_TRAIN, ["--config.learner.klcoef=0.1"], "valid fields of config.learner: b1, b2, bootstrap_truncated"),
     (_TRAIN, ["--config.iteratons=3"], "valid fields of config: checkpoint_every, dtype"),
     (_STUDY, ['--config.envs=("webshp",)'], "known envs: alfworld, babyai"),
     (_STUDY, ["--config.study.protocl=x"], "valid fields of config.study:"),
@@ -210,9 +210,9 @@ def _fails_with(cmd: list[str], expected: str) -> None:
 
 def test_non_finite_params_stop_the_run_even_when_the_metrics_are_finite():
   finite = {"w": np.ones(3, np.float32), "step": np.int32(1)}
-  trainer._check_finite({"loss": 0.5}, finite, 3, "ckpts", 2)  # no error
+  rl_loop.check_finite({"loss": 0.5}, finite, 3, "ckpts", 2)  # no error
   with pytest.raises(FloatingPointError, match=r"non-finite params at RL iteration 3.*step 2 in ckpts"):
-    trainer._check_finite({"loss": 0.5}, {"w": np.array([1.0, np.inf], np.float32)}, 3, "ckpts", 2)
+    rl_loop.check_finite({"loss": 0.5}, {"w": np.array([1.0, np.inf], np.float32)}, 3, "ckpts", 2)
 
 
 @pytest.mark.parametrize("args, level", [([], "WARNING"), (["-v", "0"], "INFO")])

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from agentgen_jax import checkpoint, trainer
+from agentgen_jax import agent, checkpoint, config, logs, rl_loop, tasks
 from tests import train_config_tiny
 
 
@@ -16,10 +16,11 @@ def _config(iterations):
 
 
 def _train(c, workdir):
-  policy = trainer.load_policy(c)
-  logger = trainer.Logger(workdir)
-  with trainer.make_pool(c, c.envs) as pool:
-    params, curves = trainer.rl_train(c, policy, policy.params, pool, workdir, logger)
+  cfg = config.resolve(c)
+  policy = agent.from_config(cfg)
+  logger = logs.Logger(workdir)
+  with tasks.make_pool(cfg, cfg.envs) as pool:
+    params, curves = rl_loop.rl_train(cfg, policy, policy.params, pool, logs.StageOutput(workdir, logger))
   logger.close()
   return checkpoint.params_digest(params), curves
 

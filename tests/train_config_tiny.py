@@ -3,11 +3,11 @@ tests/test_train_faults.py passes it to `launch.train --config=`): the tiny mode
 × 2 samples, 2 turns of 8 tokens. entropy_coef makes every update move the params (the tiny model never
 succeeds at TextCraft, so GRPO's advantages are all zero and would leave them unchanged)."""
 
-from agentgen_jax import trainer
+from agentgen_jax.config import default_config
 
 
 def get_config():
-  c = trainer.default_config()
+  c = default_config()
   c.model, c.envs = "tiny", ("textcraft",)
   c.train_difficulty = "easy"
   c.pool_size, c.workers = 4, 1

@@ -9,19 +9,20 @@ of a batch array) and `merge` only writes the report from the stages on disk.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
 import zlib
 from typing import Any, Sequence
 
-import ml_collections
-
-from agentgen_jax import checkpoint, data, trainer
+from agentgen_jax import agent as agent_lib
+from agentgen_jax import checkpoint, logs, rl_loop
+from agentgen_jax import config as config_lib
+from agentgen_jax.config import RunConfig
+from agentgen_jax.evaluation import Evaluator, slug
 from agentgen_jax.study import failures, metrics, report
+from agentgen_jax.tasks import make_pool
 
-PROTOCOLS = ("difficulty", "cross_env", "sequential", "mixture")
 BASE = "base"
 
 
@@ -38,34 +39,11 @@ class Stage:
   iterations: int = 0
 
 
-STUDY_DEFAULTS = dict(protocol="cross_env", envs=[], orders=[], weights=[], mixture_baseline=True,
-                      single_env_baselines=True, difficulty_env="", eval_difficulties=["all"],
-                      warm_start_tasks_per_env=0)
-
-
-def study_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of c with c.study completed by STUDY_DEFAULTS (envs default to c.envs)."""
-  c = copy.deepcopy(c)
-  with c.unlocked():
-    if "study" not in c:
-      c.study = ml_collections.ConfigDict()
-    for key, value in STUDY_DEFAULTS.items():
-      if key not in c.study:
-        c.study[key] = value
-    if not c.study.envs:
-      c.study.envs = list(c.envs)
-    if not c.study.difficulty_env:
-      c.study.difficulty_env = c.study.envs[0]
-  if c.study.protocol not in PROTOCOLS:
-    raise ValueError(f"unknown protocol {c.study.protocol!r}; valid: {', '.join(PROTOCOLS)}")
-  return c
-
-
-def plan(c: ml_collections.ConfigDict) -> tuple[list[Stage], list[str], list[str]]:
+def plan(cfg: RunConfig) -> tuple[list[Stage], list[str], list[str]]:
   """(stages in run order, envs to evaluate, eval difficulties) of the configured protocol."""
-  s = c.study
+  s = cfg.study
   envs = list(s.envs)
-  iters = int(c.iterations)
+  iters = int(cfg.iterations)
   stages: dict[str, Stage] = {}
 
   def add(stage: Stage) -> Stage:
@@ -105,32 +83,41 @@ def plan(c: ml_collections.ConfigDict) -> tuple[list[Stage], list[str], list[str
   return list(stages.values()), envs, list(s.eval_difficulties)
 
 
-def stage_config(c: ml_collections.ConfigDict, stage: Stage) -> ml_collections.ConfigDict:
-  sc = copy.deepcopy(c)
-  with sc.unlocked():
-    sc.envs = tuple(stage.envs)
-    sc.env_weights = tuple(stage.weights)
-    sc.train_difficulty = stage.difficulty
-    sc.iterations = stage.iterations
-    sc.sft.tasks = 0  # the warm start happens once, before every stage
-    sc.seed = c.seed + zlib.crc32(stage.name.encode()) % 100_000
-  return sc
+def stage_config(cfg: RunConfig, stage: Stage) -> RunConfig:
+  """The RunConfig of one stage: its envs, weights, difficulty and budget, no SFT of its own (the warm
+  start happens once, in the base stage), and a seed of its own."""
+  return dataclasses.replace(cfg, envs=tuple(stage.envs), env_weights=tuple(stage.weights),
+                             train_difficulty=stage.difficulty, iterations=stage.iterations,
+                             sft=dataclasses.replace(cfg.sft, tasks=0),
+                             seed=cfg.seed + zlib.crc32(stage.name.encode()) % 100_000)
+
+
+def warm_start_config(cfg: RunConfig, env_names: Sequence[str]) -> RunConfig:
+  """The RunConfig of the base stage's SFT warm start on every env of the study (no RL)."""
+  demos = cfg.study.warm_start_tasks_per_env * len(env_names)
+  return dataclasses.replace(cfg, envs=tuple(env_names), env_weights=(), iterations=0,
+                             sft=dataclasses.replace(cfg.sft, tasks=demos))
 
 
 class Study:
   """Runs the stages of one protocol in one workdir."""
 
-  def __init__(self, c: ml_collections.ConfigDict, workdir: str):
-    self.c = study_config(c)
+  def __init__(self, cfg: RunConfig, workdir: str):
+    self.cfg = cfg
     self.workdir = workdir
-    self.stages, self.envs, self.difficulties = plan(self.c)
+    self.stages, self.envs, self.difficulties = plan(cfg)
     self.by_name = {s.name: s for s in self.stages}
 
   def stage_dir(self, name: str) -> str:
-    return os.path.join(self.workdir, "stages", trainer._slug(name))
+    return os.path.join(self.workdir, "stages", slug(name))
 
   def finished(self, name: str) -> bool:
     return os.path.exists(os.path.join(self.stage_dir(name), "final.json"))
+
+  def final(self, name: str) -> dict:
+    """The final.json of a finished stage."""
+    with open(os.path.join(self.stage_dir(name), "final.json"), encoding="utf-8") as f:
+      return json.load(f)
 
   def _save_params(self, name: str, params) -> None:
     ckpt = checkpoint.Checkpointer(os.path.join(self.stage_dir(name), "final_params"), max_to_keep=1)
@@ -143,58 +130,55 @@ class Study:
     ckpt.close()
     return params
 
-  def _evaluate(self, policy, params, pool, stage: str, trained_on: Sequence[str]) -> list[dict]:
-    c = self.c
-    out = []
-    for difficulty in self.difficulties:
-      out += trainer.evaluate(policy, params, pool, self.envs, split=c.eval.split, difficulty=difficulty,
-                              n_tasks=c.eval.tasks, k=c.eval.k, rcfg=trainer.eval_rollout_config(c),
-                              seed=c.seed, stage=stage, trained_on=trained_on,
-                              trajectory_dir=os.path.join(self.stage_dir(stage), "trajectories"))
-    return out
+  def _evaluator(self, agent, pool, stage: str) -> Evaluator:
+    return Evaluator.from_config(self.cfg, agent, pool, difficulties=self.difficulties,
+                                 trajectory_dir=os.path.join(self.stage_dir(stage), "trajectories"))
 
-  def _finish(self, name: str, params, evals: list[dict], curves: list[dict]) -> None:
+  def _finish(self, name: str, start_params, params, evaluation, curves: list[dict]) -> None:
+    """Writes the stage's final params and final.json: evals, curves, failure table and lineage (the digest
+    of the params the stage started from, and of its parent's final params)."""
     self._save_params(name, params)
-    report.write_json({"stage": name, "evals": evals, "curves": curves,
+    stage = self.by_name.get(name)
+    parent = stage.parent if stage else None
+    report.write_json({"stage": name, "evals": evaluation.summaries, "curves": curves,
+                       "failures": failures.failure_table(evaluation.records),
+                       "parent": parent,
+                       "parent_params_digest": self.final(parent)["params_digest"] if parent else None,
+                       "start_params_digest": checkpoint.params_digest(start_params),
                        "params_digest": checkpoint.params_digest(params)},
                       os.path.join(self.stage_dir(name), "final.json"))
 
   def run(self, only: Sequence[str] = ()) -> dict:
     """Runs the base stage (warm start + evaluation) and every unfinished stage (or just `only`)."""
-    c = self.c
+    cfg = self.cfg
     unknown = [n for n in only if n not in self.by_name and n != BASE]
     if unknown:
       raise ValueError(f"unknown stages {unknown}; this study has: {', '.join([BASE] + list(self.by_name))}")
-    policy = trainer.load_policy(c)
+    agent = agent_lib.from_config(cfg)
     all_envs = sorted(set(self.envs) | {e for s in self.stages for e in s.envs})
-    logger = trainer.Logger(self.workdir)
-    with trainer.make_pool(c, all_envs) as pool:
+    logger = logs.Logger(self.workdir)
+    with make_pool(cfg, all_envs) as pool:
       if not self.finished(BASE):
-        params = policy.params
-        if c.study.warm_start_tasks_per_env > 0:
-          wc = copy.deepcopy(c)
-          with wc.unlocked():
-            wc.envs, wc.iterations = tuple(all_envs), 0
-            wc.sft.tasks = c.study.warm_start_tasks_per_env * len(all_envs)
-          params, _ = trainer.train_stage(wc, policy, params, pool, self.stage_dir(BASE), logger, BASE)
-        self._finish(BASE, params, self._evaluate(policy, params, pool, BASE, []), [])
+        params = agent.params
+        if cfg.study.warm_start_tasks_per_env > 0:
+          out = logs.StageOutput(self.stage_dir(BASE), logger, BASE)
+          params, _ = rl_loop.train_stage(warm_start_config(cfg, all_envs), agent, params, pool, out)
+        self._finish(BASE, agent.params, params, self._evaluator(agent, pool, BASE).run(params, BASE, []), [])
       todo = [s for s in self.stages if not only or s.name in only]
       offset = 0
       for stage in todo:
         if self.finished(stage.name):
           offset += stage.iterations
           continue
-        parent = stage.parent
-        if not self.finished(parent):
-          raise RuntimeError(f"stage {stage.name!r} needs stage {parent!r}, which is not finished "
+        if not self.finished(stage.parent):
+          raise RuntimeError(f"stage {stage.name!r} needs stage {stage.parent!r}, which is not finished "
                              "(run it first, or run the study without --only)")
-        params = self._load_params(parent, policy.params)
-        sc = stage_config(c, stage)
-        params, curves = trainer.train_stage(sc, policy, params, pool, self.stage_dir(stage.name), logger,
-                                             stage.name, global_offset=offset)
+        start = self._load_params(stage.parent, agent.params)
+        out = logs.StageOutput(self.stage_dir(stage.name), logger, stage.name, offset)
+        params, curves = rl_loop.train_stage(stage_config(cfg, stage), agent, start, pool, out)
         offset += stage.iterations
-        evals = self._evaluate(policy, params, pool, stage.name, stage.trained_on)
-        self._finish(stage.name, params, evals, curves)
+        evaluation = self._evaluator(agent, pool, stage.name).run(params, stage.name, stage.trained_on)
+        self._finish(stage.name, start, params, evaluation, curves)
     logger.close()
     return self.merge()
 
@@ -203,32 +187,25 @@ class Study:
     missing = [n for n in [BASE] + list(self.by_name) if not self.finished(n)]
     if missing:
       print(f"note: stages not finished yet (left out of the report): {', '.join(missing)}")
-    finals = {}
-    for name in [BASE] + list(self.by_name):
-      if self.finished(name):
-        with open(os.path.join(self.stage_dir(name), "final.json"), encoding="utf-8") as f:
-          finals[name] = json.load(f)
+    finals = {name: self.final(name) for name in [BASE] + list(self.by_name) if self.finished(name)}
     evals = [e for f in finals.values() for e in f["evals"]]
     curves = [p for f in finals.values() for p in f["curves"]]
-    results = {"protocol": self.c.study.protocol, "model": self.c.model, "config": self.c.to_dict(),
-               "evals": evals, "curves": curves, "metrics": self.compute_metrics(evals),
+    results = {"protocol": self.cfg.study.protocol, "model": self.cfg.model,
+               "config": config_lib.to_dict(self.cfg), "evals": evals, "curves": curves,
+               "metrics": self.compute_metrics(evals),
                "stages": {n: {"parent": s.parent, "trained_on": list(s.trained_on), "envs": list(s.envs),
                               "difficulty": s.difficulty, "iterations": s.iterations,
                               "finished": n in finals} for n, s in self.by_name.items()}}
     last = list(finals)[-1] if finals else None
     if last:
-      records = []
-      traj = os.path.join(self.stage_dir(last), "trajectories")
-      for root, _, files in os.walk(traj):
-        records += [r for f in files if f == "train.jsonl" for r in data.read_jsonl(os.path.join(root, f))]
-      results["failures"] = failures.failure_table(records)
+      results["failures"] = finals[last].get("failures", {})
       results["final_params_digest"] = finals[last]["params_digest"]
     report.write_report(results, self.workdir)
     return results
 
   def compute_metrics(self, evals: list[dict]) -> dict[str, Any]:
     """Protocol metrics, recomputable from `evals` alone (see metrics.DEFINITIONS)."""
-    s = self.c.study
+    s = self.cfg.study
     all_diff = report.one_difficulty(evals)
     out: dict[str, Any] = {"transfer": metrics.transfer(all_diff)}
     if s.protocol == "difficulty":
@@ -264,7 +241,7 @@ class Study:
     return out
 
 
-def run_study(c: ml_collections.ConfigDict, workdir: str, only: Sequence[str] = (),
-              merge_only: bool = False) -> dict:
-  study = Study(c, workdir)
+def run_study(cfg: RunConfig, workdir: str, only: Sequence[str] = (), merge_only: bool = False) -> dict:
+  """Runs (or, with merge_only, only reports) the protocol of a resolved config in `workdir`."""
+  study = Study(cfg, workdir)
   return study.merge() if merge_only else study.run(only)

@@ -1,4 +1,4 @@
-"""One end-to-end RL iteration on the code path of trainer.rl_train, split into generation, env stepping,
+"""One end-to-end RL iteration on the code path of rl_loop.rl_train, split into generation, env stepping,
 learning and checkpointing; the target is env time < 10% of the iteration. `run(quick)` -> benchmark rows.
 """
 
@@ -11,9 +11,12 @@ import time
 
 import jax
 
-from agentgen_jax import checkpoint, data, rollout, trainer
+from agentgen_jax import agent as agent_lib
+from agentgen_jax import checkpoint, data, rollout
+from agentgen_jax import config as config_lib
 from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
+from agentgen_jax.tasks import TaskStream, make_pool
 
 # Where an iteration's seconds go. generate / env / tokenize are the Roller's own timings (rollout.py);
 # learn is the learner batch, advantages (with the learner's recompute of log-probs) and the update epochs;
@@ -58,7 +61,7 @@ def settings(quick: bool) -> list[Setting]:
 def config(s: Setting):
   """The CPU quickstart's RL settings (as of the textcraft quickstart: GRPO, textcraft easy, episodes of at
   most 1024 tokens), spelled out so that the benchmark does not move when a launch config does."""
-  c = trainer.default_config()
+  c = config_lib.default_config()
   c.model, c.seed = s.model, 0
   c.envs, c.train_difficulty = ("textcraft",), "easy"
   c.rollout.mode = s.mode
@@ -96,8 +99,8 @@ class _CompileClock:
 
 
 def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it: int):
-  """One iteration of trainer.rl_train's loop: -> (state, {part: seconds}, wall seconds, facts)."""
-  mode, lcfg = c.rollout.mode, trainer.learner_config(c)
+  """One iteration of rl_loop.rl_train's loop: -> (state, {part: seconds}, wall seconds, facts)."""
+  mode, lcfg = c.rollout.mode, c.learner
   parts = {}
   roller.timings = {}
   compile_start = _CompileClock.now()
@@ -136,16 +139,15 @@ def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it:
 
 def measure(s: Setting, warmup: int = 1, timed: int | None = None) -> dict:
   """Runs `warmup` iterations (compiles), then `timed` ones: their parts, wall time and facts, averaged."""
-  c = config(s)
-  trainer.check_config(c)
-  policy = trainer.load_policy(c)
-  lcfg = trainer.learner_config(c)
+  c = config_lib.resolve(config(s))
+  policy = agent_lib.from_config(c)
+  lcfg = c.learner
   state = learner.init_state(policy.cfg, policy.params, lcfg, jax.random.PRNGKey(c.seed))
   update = learner.make_update(policy.cfg, lcfg, mode=c.rollout.mode)
   runs, timed = [], s.timed if timed is None else timed
-  with tempfile.TemporaryDirectory() as workdir, trainer.make_pool(c, c.envs) as pool:
-    roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, trainer.rollout_config(c), profile=True)
-    stream = trainer.TaskStream(pool, c.envs, c.env_weights, c.train_split, c.train_difficulty, c.seed)
+  with tempfile.TemporaryDirectory() as workdir, make_pool(c, c.envs) as pool:
+    roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, c.rollout, profile=True)
+    stream = TaskStream.training(c, pool, c.seed)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=c.max_to_keep)
     for it in range(warmup + timed):
       state, parts, wall, facts = _iteration(c, policy, roller, stream, state, update, ckpt, workdir, it)

@@ -5,13 +5,13 @@ entropy 1e-3, free-text ReAct (`generate`), loss on agent tokens only, each env'
 Not a launch config itself: paper_cross_env.py, paper_sequential.py and paper_difficulty.py import it.
 """
 
-from agentgen_jax import trainer
+from agentgen_jax.config import default_config
 
 ENVS = ["webshop", "searchqa", "textcraft", "alfworld", "babyai"]
 
 
 def recipe(model: str = "/path/to/Qwen2.5-3B-Instruct"):
-  c = trainer.default_config()
+  c = default_config()
   c.model = model                   # a local HF folder (config.json + *.safetensors)
   c.dtype = "bfloat16"
   c.seed = 0

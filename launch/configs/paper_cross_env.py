@@ -17,5 +17,6 @@ from launch.configs import paper_common
 def get_config():
   c = paper_common.recipe()
   c.envs = tuple(paper_common.ENVS)
-  c.study = dict(protocol="cross_env", envs=list(paper_common.ENVS))
+  c.study.protocol = "cross_env"
+  c.study.envs = tuple(paper_common.ENVS)
   return c

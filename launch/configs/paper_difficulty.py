@@ -14,6 +14,8 @@ from launch.configs import paper_common
 def get_config():
   c = paper_common.recipe()
   c.envs = ("webshop",)
-  c.study = dict(protocol="difficulty", envs=["webshop"], difficulty_env="webshop",
-                 eval_difficulties=["easy", "hard"])
+  c.study.protocol = "difficulty"
+  c.study.envs = ("webshop",)
+  c.study.difficulty_env = "webshop"
+  c.study.eval_difficulties = ("easy", "hard")
   return c

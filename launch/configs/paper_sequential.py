@@ -16,6 +16,8 @@ def get_config():
   c = paper_common.recipe()
   c.envs = tuple(paper_common.ENVS)
   order = list(paper_common.ENVS)
-  c.study = dict(protocol="sequential", envs=list(paper_common.ENVS), orders=[order, order[::-1]],
-                 mixture_baseline=True, single_env_baselines=True)
+  c.study.protocol = "sequential"
+  c.study.envs = tuple(paper_common.ENVS)
+  c.study.orders = (tuple(order), tuple(order[::-1]))
+  c.study.mixture_baseline = c.study.single_env_baselines = True
   return c

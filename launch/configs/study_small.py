@@ -3,11 +3,11 @@ expert demonstrations of every study env (the stand-in for an instruct model's g
 in the `choose` action mode, on the easy tasks. Not a launch config itself.
 """
 
-from agentgen_jax import trainer
+from agentgen_jax.config import default_config
 
 
 def small(envs, iterations: int = 8):
-  c = trainer.default_config()
+  c = default_config()
   c.model = "tiny"
   c.seed = 0
   c.envs = tuple(envs)
@@ -34,7 +34,8 @@ def small(envs, iterations: int = 8):
   c.eval.tasks = 40
   c.eval.k = 2  # avg@2 and pass@2 of the sampled policy (the policy RL trains)
   c.eval.temperature = 1.0
-  c.study = dict(warm_start_tasks_per_env=150, eval_difficulties=["easy"])
+  c.study.warm_start_tasks_per_env = 150
+  c.study.eval_difficulties = ("easy",)
   return c
 
 
