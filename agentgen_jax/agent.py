@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 from agentgen_jax import models, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
 
@@ -29,5 +31,12 @@ def load(model: str, tokenizer: str = "", dtype: str = "", system_prompt: str | 
 
 
 def from_config(cfg) -> Agent:
-  """The agent of a RunConfig (agentgen_jax.config): its model, tokenizer, dtype and system prompt."""
-  return load(cfg.model, cfg.tokenizer, cfg.dtype, cfg.rollout.system_prompt)
+  """The agent of a RunConfig (agentgen_jax.config): its model, tokenizer, dtype and system prompt; with
+  cfg.lora.rank > 0 its params are the base in the compute dtype with fresh LoRA adapters attached (equal
+  to the base until trained)."""
+  agent = load(cfg.model, cfg.tokenizer, cfg.dtype, cfg.rollout.system_prompt)
+  if cfg.lora.enabled:
+    base = jax.tree.map(lambda x: x.astype(agent.cfg.dtype), agent.params)
+    adapters = models.lora.init(agent.cfg, cfg.lora, jax.random.PRNGKey(cfg.seed))
+    agent.params = models.lora.attach(base, adapters, cfg.lora)
+  return agent

@@ -63,4 +63,7 @@ def run(cfg: config_lib.RunConfig, workdir: str) -> dict:
   report.write_report(results, workdir)
   if cfg.export_hf:
     models.save_hf(agent.cfg, params, os.path.join(workdir, "hf_export"), tokenizer=agent.tokenizer)
+    if models.lora.is_attached(params):  # LoRA: hf_export holds the merged weights, this the adapters alone
+      models.save_peft(models.lora.split(params)[1], cfg.lora, os.path.join(workdir, "peft_adapter"),
+                       base_model=cfg.model)
   return results

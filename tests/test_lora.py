@@ -275,3 +275,30 @@ def test_peft_loads_the_adapter_folder_onto_the_base_with_the_same_logits(case, 
   tokens = _tokens(cfg, 1, 12)
   assert _rel_err(_hf_logits(model, tokens), models.logits(cfg, lora.attach(base, adapters, lora_cfg),
                                                             tokens)) < 1e-4
+
+
+# --- a LoRA training run through the config schema (--config.lora.rank=...) ---
+
+@pytest.mark.slow
+def test_lora_training_run_moves_only_the_adapters_and_checkpoints_them_alone(tmp_path):
+  from agentgen_jax import agent, checkpoint, config, logs, rl_loop, tasks
+  from tests import train_config_tiny
+  c = train_config_tiny.get_config()
+  c.iterations, c.lora.rank, c.lora.alpha, c.lora.targets = 2, 4, 8.0, ("q", "v", "up")
+  c.learner.lr = 1e-2
+  cfg = config.resolve(c)
+  assert cfg.lora == models.LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "up"))
+  policy = agent.from_config(cfg)
+  base_before = _numpy_copy(lora.detach(policy.params))
+  logger = logs.Logger(str(tmp_path))
+  with tasks.make_pool(cfg, cfg.envs) as pool:
+    params, _ = rl_loop.rl_train(cfg, policy, policy.params, pool, logs.StageOutput(str(tmp_path), logger))
+  logger.close()
+  jax.tree.map(np.testing.assert_array_equal, lora.detach(params), base_before)
+  _, adapters = lora.split(params)
+  assert set(adapters) == {"q_proj", "v_proj", "up_proj"}
+  assert float(jnp.abs(adapters["up_proj"]["b"]).max()) > 0
+  saved, meta = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True).restore_raw()
+  assert meta["base_model"] == "tiny"
+  leaves = jax.tree.leaves(saved)
+  assert sum(np.size(x) for x in leaves) < 4 * lora.num_params(policy.cfg, cfg.lora) + 1000

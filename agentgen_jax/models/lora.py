@@ -143,6 +143,12 @@ def merge_attached(params: dict) -> dict:
   return {**detach(params), "layers": layers}
 
 
+def merged(params: dict) -> dict:
+  """params with any attached adapters merged in (plain params unchanged): a rollout merges once per
+  iteration, since decoding on merged weights is faster than running the branch at every step."""
+  return merge_attached(params) if is_attached(params) else params
+
+
 def merge(base: dict, adapters: dict, lora_cfg: LoraConfig) -> dict:
   """Plain params whose forward equals the adapted forward (export, or a rollout that merges once)."""
   return merge_attached(attach(base, adapters, lora_cfg))
