@@ -43,7 +43,8 @@ def run(cfg: config_lib.RunConfig, workdir: str) -> dict:
     def evaluate(params, stage: str) -> dict:
       """Summaries and the failure table of one evaluation, kept in eval_<stage>.json."""
       def fresh():
-        ev = evaluator.run(params, stage, [] if stage == "base" else list(cfg.envs))
+        # Under LoRA, decode on merged weights (faster; see models/lora.py merged).
+        ev = evaluator.run(models.lora.merged(params), stage, [] if stage == "base" else list(cfg.envs))
         return {"evals": ev.summaries, "failures": failures.failure_table(ev.records)}
       return cached_json(os.path.join(workdir, f"eval_{stage}.json"), fresh)
 

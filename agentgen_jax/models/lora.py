@@ -24,7 +24,7 @@ class LoraConfig:
   rank: int = 0
   alpha: float = 16.0
   dropout: float = 0.0          # on the adapter's input while training (PEFT's lora_dropout)
-  targets: tuple[str, ...] = TARGETS  # among TARGETS; "q,v" from the command line is accepted
+  targets: tuple[str, ...] = TARGETS  # among TARGETS; on the command line --config.lora.targets="(q, v)"
 
   def __post_init__(self):
     targets = self.targets

@@ -183,9 +183,10 @@ def init_state(model_cfg, params, lcfg: LearnerConfig, rng, mesh=None) -> TrainS
                      opt_state=make_optimizer(lcfg).init(params), critic_params=critic_params,
                      critic_opt_state=critic_opt_state,
                      ref_params=_copy(params) if lcfg.uses_ref and frozen is None else None, rng=rng)
+  state = state.replace(frozen=frozen)
   if mesh is not None:
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-  return state.replace(frozen=frozen)
+  return state
 
 
 def batch_keys(mode: str, lcfg: LearnerConfig, for_update: bool = True) -> tuple[str, ...]:
