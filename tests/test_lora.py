@@ -59,6 +59,7 @@ def test_config_names_the_valid_choices():
   with pytest.raises(ValueError, match="alpha=0"):
     models.LoraConfig(rank=4, alpha=0)
   assert models.LoraConfig(rank=4, targets="q, v").modules == ("q_proj", "v_proj")
+  assert models.LoraConfig(rank=4, targets=("(q, v)",)).targets == ("q", "v")  # absl tuple flag
   assert not models.LoraConfig().enabled
   assert hash(models.LoraConfig(rank=2)) == hash(models.LoraConfig(rank=2))
 

@@ -27,10 +27,10 @@ class LoraConfig:
   targets: tuple[str, ...] = TARGETS  # among TARGETS; on the command line --config.lora.targets="(q, v)"
 
   def __post_init__(self):
-    targets = self.targets
-    if isinstance(targets, str):
-      targets = [t.strip() for t in targets.split(",") if t.strip()]
-    object.__setattr__(self, "targets", tuple(targets))
+    # From the command line a tuple may arrive as one string ("q,v") or a tuple of one ("(q, v)",).
+    items = (self.targets,) if isinstance(self.targets, str) else self.targets
+    names = [n.strip(" ()'\"") for item in items for n in str(item).split(",")]
+    object.__setattr__(self, "targets", tuple(n for n in names if n))
     bad = [t for t in self.targets if t not in TARGETS]
     if bad or not self.targets or len(set(self.targets)) != len(self.targets):
       raise ValueError(f"lora targets={self.targets!r}: each once, at least one, among {', '.join(TARGETS)}")
