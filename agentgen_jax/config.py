@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from agentgen_jax.models import config as models_config
 from agentgen_jax.models.lora import LoraConfig
 from agentgen_jax.rl.learner import LearnerConfig
 from agentgen_jax.rollout import RolloutConfig
@@ -62,6 +63,9 @@ class RunConfig:
   model: str = "tiny"              # preset | embedded name | HF folder | .gguf file
   tokenizer: str = ""              # default: the model's own
   dtype: str = ""                  # compute dtype; default float32 on CPU, bfloat16 on accelerators
+  param_dtype: str = ""            # storage dtype of params and Adam moments; default float32
+  remat: str = "none"              # per-layer activation remat in the backward: none | full | dots
+  mesh: str = "data:-1"            # device mesh, axes data and fsdp: data:-1 | fsdp:8 | data:2,fsdp:4
   seed: int = 0
   seeds: int = 1                   # launch: run the protocol once per seed (study/seeds.py)
   envs: tuple[str, ...] = ("babyai",)  # training envs (on the command line: --config.envs="(a, b)")
@@ -227,6 +231,9 @@ def check(cfg: RunConfig) -> None:
                               ("eval.split", cfg.eval.split, env_base.SPLITS),
                               ("eval.difficulty", cfg.eval.difficulty, env_base.DIFFICULTIES)):
     _one_of(field, value, valid)
+  _one_of("remat", cfg.remat, models_config.REMAT_POLICIES)
+  if cfg.param_dtype:
+    _one_of("param_dtype", cfg.param_dtype, models_config.DTYPES)
   for difficulty in cfg.study.eval_difficulties:
     _one_of("study.eval_difficulties entry", difficulty, env_base.DIFFICULTIES)
   _one_of("study.protocol", cfg.study.protocol, PROTOCOLS)

@@ -82,8 +82,8 @@ def sft_warm_start(cfg: config_lib.RunConfig, agent, pool, out: logs.StageOutput
   from tqdm import tqdm
   demos = load_demos(cfg, agent, pool, out.workdir)
   lcfg = config_lib.sft_learner_config(cfg)
-  state = learner.init_state(agent.cfg, agent.params, lcfg, jax.random.PRNGKey(cfg.seed))
-  step_fn = sft.make_sft_step(agent.cfg, lcfg)
+  state = learner.init_state(agent.cfg, agent.params, lcfg, jax.random.PRNGKey(cfg.seed), mesh=agent.mesh)
+  step_fn = sft.make_sft_step(agent.cfg, lcfg, mesh=agent.mesh)
   rng = np.random.default_rng(cfg.seed)
   step = 0
   per_epoch = len(sft_batches(demos, cfg.sft.batch_size, np.random.default_rng(0)))  # fixed per epoch

@@ -53,7 +53,8 @@ class Evaluator:
   trajectory_dir: str | None = None
 
   def __post_init__(self):
-    self.roller = rollout.Roller(self.agent.cfg, self.agent.tokenizer, self.pool, self.rollout_cfg)
+    self.roller = rollout.Roller(self.agent.cfg, self.agent.tokenizer, self.pool, self.rollout_cfg,
+                                 mesh=getattr(self.agent, "mesh", None))
 
   @classmethod
   def from_config(cls, cfg: config_lib.RunConfig, agent, pool, difficulties: Sequence[str] | None = None,

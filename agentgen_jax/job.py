@@ -28,12 +28,16 @@ def cached_json(path: str, fn: Callable[[], object]):
   return value
 
 
-def run(cfg: config_lib.RunConfig, workdir: str) -> dict:
-  """The train command on a resolved config (agentgen_jax.config.resolve): returns results.json's dict."""
+def run(cfg: config_lib.RunConfig, workdir: str, mesh=None) -> dict:
+  """The train command on a resolved config (agentgen_jax.config.resolve): returns results.json's dict.
+
+  mesh: agent.run_mesh(cfg) (built here when not given; a bad mesh or batch fails before anything is
+  written)."""
+  mesh = agent_lib.run_mesh(cfg) if mesh is None else mesh
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(config_lib.to_dict(cfg), f, indent=1, default=str)
-  agent = agent_lib.from_config(cfg)
+  agent = agent_lib.from_config(cfg, mesh)
   eval_envs = list(cfg.eval.envs) or list(cfg.envs)
   logger = logs.Logger(workdir)
   final_stage = "rl" if cfg.iterations > 0 else "sft"

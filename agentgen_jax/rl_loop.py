@@ -59,10 +59,11 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
   Returns the final params and the training curve (success/score per iteration).
   """
   mode, lcfg = cfg.rollout.mode, cfg.learner
-  roller = rollout.Roller(agent.cfg, agent.tokenizer, pool, cfg.rollout)
+  mesh = agent.mesh
+  roller = rollout.Roller(agent.cfg, agent.tokenizer, pool, cfg.rollout, mesh=mesh)
   stream = TaskStream.training(cfg, pool, cfg.seed)
-  state = learner.init_state(agent.cfg, params, lcfg, jax.random.PRNGKey(cfg.seed))
-  update = learner.make_update(agent.cfg, lcfg, mode=mode)
+  state = learner.init_state(agent.cfg, params, lcfg, jax.random.PRNGKey(cfg.seed), mesh=mesh)
+  update = learner.make_update(agent.cfg, lcfg, mode=mode, mesh=mesh)
   ckpt_dir = os.path.join(out.workdir, "checkpoints")
   ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=cfg.max_to_keep)
   start, curves = 0, []
@@ -82,7 +83,7 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
     episodes = roller.run(policy, tasks, jax.random.fold_in(rng, 0))
     del policy
     t_rollout = time.time() - t0
-    batch, batch_metrics = rl_batch.learner_batch(episodes, state, agent.cfg, lcfg, mode)
+    batch, batch_metrics = rl_batch.learner_batch(episodes, state, agent.cfg, lcfg, mode, mesh)
     state, m = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
     m = dict(logs.scalar_floats(jax.device_get(m)), **batch_metrics)
     check_finite(m, state.params, it, ckpt_dir, last_good)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agentgen_jax import models, sampling
+from agentgen_jax import models, parallel, sampling
 
 MODES = ("generate", "choose")
 _SENTINEL = "\u2063AGENTGEN_TURN\u2063"
@@ -223,10 +223,16 @@ class Roller:
     """x, once the device has computed it when profiling (so the timed part holds its device time)."""
     return jax.block_until_ready(x) if self.profile else x
 
+  def _rows(self, n: int) -> int:
+    """Context rows for n episodes: a multiple of the mesh's batch axes (the extra rows stay empty)."""
+    shards = parallel.batch_divisor(self.mesh)
+    return -(-n // shards) * shards
+
   def _extend(self, params, ctx, chunks: list[list[int]]):
     t = sampling.bucket(max([len(c) for c in chunks] + [1]))
-    tokens = np.zeros((len(chunks), t), np.int32)
-    valid = np.zeros((len(chunks), t), bool)
+    rows = ctx.cache.valid.shape[0]  # padding rows (see _rows) get no tokens
+    tokens = np.zeros((rows, t), np.int32)
+    valid = np.zeros((rows, t), bool)
     for row, chunk in enumerate(chunks):
       tokens[row, :len(chunk)] = chunk
       valid[row, :len(chunk)] = True
@@ -264,7 +270,7 @@ class Roller:
     # Slots: every turn uses a bucketed chunk plus the decoded tokens; holes are masked.
     max_len = sampling.bucket(2 * rcfg.max_episode_tokens + 4 * rcfg.max_new_tokens)
     with self._timed("generate"):
-      ctx = self._synced(sampling.new_context(self.cfg, len(tasks), max_len))
+      ctx = self._synced(sampling.new_context(self.cfg, self._rows(len(tasks)), max_len, mesh=self.mesh))
     while True:
       active = [ep for ep in episodes if not ep.done]
       if not active:
@@ -326,7 +332,8 @@ class Roller:
 
   def _generate_turn(self, params, ctx, episodes, rng):
     rcfg = self.rcfg
-    active = np.array([not ep.done for ep in episodes])
+    active = np.zeros(ctx.cache.valid.shape[0], bool)
+    active[:len(episodes)] = [not ep.done for ep in episodes]
     with self._timed("generate"):
       ctx, gen = sampling.decode(self.cfg, params, ctx, rng, jnp.asarray(active),
                                  max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature,
@@ -358,7 +365,8 @@ class Roller:
         candidates.append([self.chat.encode(a) + self.chat.end_of_turn for a in valid_actions])
     with self._timed("generate"):
       next_pos = np.asarray(jax.device_get(ctx.next_pos))
-      tokens, valid, positions, first, segment, attn = _pack_candidates(candidates, next_pos)
+      padded = candidates + [[]] * (len(next_pos) - len(candidates))
+      tokens, valid, positions, first, segment, attn = _pack_candidates(padded, next_pos)
       logp = np.asarray(jax.device_get(_score_candidates(
           self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(attn),
           jnp.asarray(positions), jnp.asarray(first))))

@@ -46,18 +46,6 @@ def bucket(n: int, minimum: int = 16) -> int:
   return size
 
 
-def _context_shardings(ctx: Context, mesh) -> Context:
-  """Batch over `data`: axis 1 of the cache's k/v [L, B, S, ...], axis 0 elsewhere; scalars replicated."""
-  def spec(path, leaf):
-    names = [getattr(p, "name", getattr(p, "key", None)) for p in path]
-    if leaf.ndim == 0:
-      return parallel.replicated(mesh)
-    if "cache" in names and names[-1] in ("k", "v"):
-      return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
-    return parallel.data_sharding(mesh)
-  return jax.tree_util.tree_map_with_path(spec, ctx)
-
-
 @functools.lru_cache(maxsize=64)
 def _context_maker(cfg, batch: int, max_len: int, mesh):
   """A compiled zero-filled Context builder, cached so that each new batch does not re-jit."""
@@ -67,14 +55,12 @@ def _context_maker(cfg, batch: int, max_len: int, mesh):
                    last_logits=jnp.zeros((batch, cfg.vocab_size), jnp.float32))
   if mesh is None:
     return jax.jit(make)
-  return jax.jit(make, out_shardings=_context_shardings(jax.eval_shape(make), mesh))
+  return jax.jit(make, out_shardings=parallel.cache_shardings(mesh, jax.eval_shape(make)))
 
 
 def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
   """An empty context for `batch` rows and `max_len` cache slots (sharded over `mesh` if given)."""
-  if batch % parallel.data_size(mesh):
-    raise ValueError(f"batch {batch} is not a multiple of the mesh's data axis "
-                     f"({parallel.data_size(mesh)})")
+  parallel.check_rows(batch, mesh, "context batch")
   return _context_maker(cfg, batch, max_len, mesh)()
 
 
@@ -124,8 +110,8 @@ def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
 def _like_rows(ctx: Context, x: np.ndarray):
   """Places a host array [B, ...] with the context's batch sharding (no-op without a mesh)."""
   sharding = ctx.cache.valid.sharding
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.device_put(x, sharding)
+  if isinstance(sharding, jax.sharding.NamedSharding):  # rows over the mesh's batch axes, whatever x's rank
+    return jax.device_put(x, parallel.batch_sharding(sharding.mesh))
   return x
 
 
@@ -241,13 +227,13 @@ class GenerationResult:
 class Sampler:
   """Text in, text out: tokenizes (chat template for message lists), prefills, decodes.
 
-  With a mesh, the batch is split over its `data` axis and params are replicated.
+  With a mesh, the batch rows are split over its batch axes and the params placed by the FSDP rule.
   """
 
   def __init__(self, cfg, params, tokenizer, *, max_len: int = 2048, mesh=None,
                eos_ids: Sequence[int] | None = None):
     self.cfg, self.tokenizer, self.max_len, self.mesh = cfg, tokenizer, max_len, mesh
-    self.params = params if mesh is None else jax.device_put(params, parallel.replicated(mesh))
+    self.params = parallel.place_params(params, mesh)
     if eos_ids is None:
       # The model's own end ids (e.g. <|im_end|> and <|endoftext|>) and the tokenizer's.
       eos = tokenizer.eos_token_id
@@ -269,7 +255,7 @@ class Sampler:
     ids = [self.encode(p) for p in prompts]
     longest = max(len(x) for x in ids)
     # Batch and lengths are bucketed so that repeated calls reuse the compiled prefill and decoder.
-    shards = parallel.data_size(self.mesh)
+    shards = parallel.batch_divisor(self.mesh)
     batch = math.ceil(bucket(len(ids), minimum=1) / shards) * shards
     width = bucket(longest)
     slots = min(bucket(width + max_new_tokens), self.max_len)

@@ -58,6 +58,16 @@ def _unknown_config_field(argv: list[str]) -> str | None:
   return None
 
 
+def run_mesh(cfg):
+  """The resolved config's device mesh (agent.run_mesh: None on one device), a bad mesh string or a batch
+  that does not split over it ending the command in one line. Call after jax.distributed has started."""
+  from agentgen_jax import agent as agent_lib
+  try:
+    return agent_lib.run_mesh(cfg)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def resolve(config: ConfigDict):
   """agentgen_jax.config.resolve(config), a bad value ending the command in one line (a usage error)."""
   from agentgen_jax import config as config_lib

@@ -30,6 +30,7 @@ _MAX_TURNS = flags.DEFINE_integer("max_turns", 0, "turn cap (0 = each env's own;
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _POOL = flags.DEFINE_integer("pool_size", 8, "parallel episodes")
 _WORKERS = flags.DEFINE_integer("workers", 2, "environment worker processes")
+_MESH = flags.DEFINE_string("mesh", "data:-1", "device mesh, axes data and fsdp (data:-1 | fsdp:8 | ...)")
 flags.mark_flags_as_required(["checkpoint", "envs", "workdir"])
 
 
@@ -67,7 +68,9 @@ def main(argv):
     raise app.UsageError(f"unknown envs {unknown}; known envs: {', '.join(envs.names())}")
   from agentgen_jax import agent as agent_lib
   from agentgen_jax import config as config_lib
+  from agentgen_jax import parallel
   from agentgen_jax.evaluation import Evaluator
+  parallel.initialize_distributed()
   from agentgen_jax.study import failures, report
   from agentgen_jax.tasks import make_pool
   config = config_lib.default_config()
@@ -81,10 +84,13 @@ def main(argv):
     config.rollout.max_turns = _MAX_TURNS.value
   config.iterations, config.seed = 0, _SEED.value
   config.pool_size, config.workers, config.envs = _POOL.value, _WORKERS.value, tuple(_ENVS.value)
+  config.mesh = _MESH.value
   config.eval.update(dict(envs=tuple(_ENVS.value), split=_SPLIT.value, difficulty=_DIFFICULTY.value,
                           tasks=_TASKS.value, k=_K.value, temperature=_TEMPERATURE.value))
   cfg = cli.resolve(config)
-  agent = agent_lib.from_config(cfg)
+  mesh = cli.run_mesh(cfg)  # built once, after jax.distributed; nothing is written before it
+  agent = agent_lib.from_config(cfg, mesh)
+  params = parallel.place_params(params, mesh)
   with make_pool(cfg, _ENVS.value) as pool:
     trajectories = os.path.join(_WORKDIR.value, "trajectories")
     evaluation = Evaluator.from_config(cfg, agent, pool, trajectory_dir=trajectories).run(params, "eval")

@@ -32,6 +32,7 @@ def main(argv):
   from agentgen_jax.study import protocols
   cfg = cli.resolve(_CONFIG.value)
   parallel.initialize_distributed()
+  cli.run_mesh(cfg)  # a bad --config.mesh or batch ends here, before the study writes anything
   study = protocols.Study(cfg, _WORKDIR.value)
   if _LIST.value:
     for stage in study.stages:

@@ -32,8 +32,9 @@ def main(argv):
     print(json.dumps(config_lib.to_dict(cfg), indent=1, default=str))
     return
   parallel.initialize_distributed()
+  mesh = cli.run_mesh(cfg)
   try:
-    results = job.run(cfg, _WORKDIR.value)
+    results = job.run(cfg, _WORKDIR.value, mesh)
   except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
     sys.exit(f"training stopped: {e}")
   summary = [{k: e[k] for k in ("stage", "env", "avg_success", "avg_score", "pass_at_k")}

@@ -281,12 +281,21 @@ def test_vocab_mismatch_between_tokenizer_and_model():
     tokenizer.check_compatible(tok, models.preset("tiny", vocab_size=101))
 
 
-def test_dtype_argument_sets_compute_and_param_dtype():
+def test_dtype_is_the_compute_dtype_and_params_stay_float32():
   cfg, params = models.load("tiny", dtype="bfloat16")
-  assert cfg.dtype == cfg.param_dtype == "bfloat16"
+  assert cfg.dtype == "bfloat16" and cfg.param_dtype == "float32"
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  cfg, params = models.load("tiny", dtype="bfloat16", param_dtype="bfloat16")
   assert params["embed"]["embedding"].dtype == jnp.bfloat16
   cfg, params = models.load("tiny")
   assert cfg.param_dtype == "float32" and cfg.dtype == "float32"  # on CPU
+
+
+def test_architecture_presets_are_shape_only():
+  with pytest.raises(ValueError, match="'qwen2.5-7b' is a shape-only architecture preset"):
+    models.load("qwen2.5-7b")
+  cfg = models.load_config("qwen2.5-7b", dtype="bfloat16")
+  assert cfg.dtype == "bfloat16" and cfg.param_dtype == "float32" and cfg.num_layers == 28
 
 
 # ------------------------------------------------------------------------------------- the embedded SmolLM2

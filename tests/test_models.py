@@ -183,5 +183,11 @@ def test_remat_gives_the_same_gradients(params):
   def loss(p, cfg):
     return models.logits(cfg, p, tokens).mean()
   plain = jax.grad(loss)(params, CFG)
-  remat = jax.grad(loss)(params, CFG.replace(remat=True))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
+  for policy in ("full", "dots", True):  # True: the older boolean flag, read as "full"
+    remat = jax.grad(loss)(params, CFG.replace(remat=policy))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
+
+
+def test_unknown_remat_policy_names_the_choices():
+  with pytest.raises(ValueError, match="remat='some'; valid: none, full, dots"):
+    CFG.replace(remat="some")

@@ -11,8 +11,9 @@ from agentgen_jax.models.transformer import KVCache, forward, init_cache, init_p
 # The submodule `load` is shadowed on purpose: `models.load` is the function (the module stays importable
 # as agentgen_jax.models.load through sys.modules).
 load = _load_module.load
+load_config = _load_module.load_config
 save_hf = _export.save_hf
 save_peft = _export.save_peft
 
 __all__ = ["KVCache", "LoraConfig", "ModelConfig", "forward", "init_cache", "init_params", "lm_head", "load",
-           "logits", "lora", "preset", "save_hf", "save_peft", "value"]
+           "load_config", "logits", "lora", "preset", "save_hf", "save_peft", "value"]

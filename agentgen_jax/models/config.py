@@ -1,5 +1,6 @@
 """ModelConfig: the static shape of a Llama / Qwen2 / SmolLM decoder, hashable so jit can key on it;
-presets for tests ("tiny", "small") and conversion to and from HF config.json dictionaries."""
+presets for tests ("tiny", "small"), weight-less architecture presets of public models (qwen2.5-*,
+llama-3.1-8b: shapes for launch.plan), and conversion to and from HF config.json dictionaries."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ ARCHITECTURES = ("llama", "qwen2")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3")
+# Activation rematerialisation per decoder layer in the backward pass: "none" keeps every activation,
+# "full" keeps only each layer's input, "dots" also keeps the outputs of the weight matmuls (not the
+# attention scores, which grow with T^2): a middle ground between memory and recompute.
+REMAT_POLICIES = ("none", "full", "dots")
 # The vocabulary of the shipped tiny BPE tokenizer (agentgen_jax/assets/tiny_tokenizer); a test pins it.
 TINY_VOCAB_SIZE = 4096
 
@@ -36,11 +41,17 @@ class ModelConfig:
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: int | None = None
   architecture: str = "llama"
-  dtype: str = "float32"        # compute dtype of activations and matmuls
-  param_dtype: str = "float32"  # storage dtype of init_params
-  remat: bool = False           # rematerialise each layer in the backward pass (saves activation memory)
+  dtype: str = "float32"        # COMPUTE dtype of activations and matmuls (params are cast to it)
+  # Storage dtype of the params (and so of the Adam moments): float32 master weights unless set. bf16
+  # storage cannot take an lr-1e-6 step on a weight of size ~0.02 (the step is below bf16's spacing there).
+  param_dtype: str = "float32"
+  remat: str = "none"           # one of REMAT_POLICIES (True / False are read as "full" / "none")
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):  # the older boolean flag
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f"architecture={self.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
     for field in ("dtype", "param_dtype"):
@@ -85,15 +96,49 @@ _TINY_SPECIALS = dict(bos_token_id=0, eos_token_ids=(2, 0), pad_token_id=0, max_
                       rope_theta=10000.0, rms_norm_eps=1e-5, tie_embeddings=True)
 
 
+_QWEN25 = dict(vocab_size=151936, head_dim=128, rope_theta=1000000.0, rms_norm_eps=1e-6, qkv_bias=True,
+               tie_embeddings=True, max_position_embeddings=32768, bos_token_id=151643,
+               eos_token_ids=(151645, 151643), pad_token_id=151643, architecture="qwen2")
+# Shapes only, from each model's public config.json (Qwen/Qwen2.5-*-Instruct,
+# meta-llama/Llama-3.1-8B-Instruct): there are no weights behind these names. launch.plan uses them;
+# training needs the HF folder.
+_ARCHITECTURES = {
+    "qwen2.5-0.5b": dict(_QWEN25, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
+                         num_kv_heads=2, head_dim=64),
+    "qwen2.5-1.5b": dict(_QWEN25, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
+                         num_kv_heads=2),
+    "qwen2.5-3b": dict(_QWEN25, hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16,
+                       num_kv_heads=2),
+    "qwen2.5-7b": dict(_QWEN25, vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                       num_heads=28, num_kv_heads=4, tie_embeddings=False),
+    "llama-3.1-8b": dict(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+        num_kv_heads=8, head_dim=128, rope_theta=500000.0, rms_norm_eps=1e-5, tie_embeddings=False,
+        rope_scaling=(("factor", 8.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
+                      ("original_max_position_embeddings", 8192), ("rope_type", "llama3")),
+        max_position_embeddings=131072, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
+        architecture="llama"),
+}
+
+
 def preset(name: str, **overrides) -> ModelConfig:
-  """A named config for random-init models; both use the tiny tokenizer's vocabulary."""
+  """A named config: "tiny" / "small" (random init, the tiny tokenizer's vocabulary) or a shape-only
+  architecture preset (see architecture_names())."""
+  if name in _ARCHITECTURES:
+    return ModelConfig(**{**_ARCHITECTURES[name], **overrides})
   if name not in _PRESETS:
-    raise ValueError(f"unknown preset {name!r}; valid: {', '.join(_PRESETS)}")
+    raise ValueError(f"unknown preset {name!r}; valid: {', '.join(_PRESETS)}, {', '.join(_ARCHITECTURES)}")
   return ModelConfig(**{**_PRESETS[name], **_TINY_SPECIALS, **overrides})
 
 
 def preset_names() -> tuple[str, ...]:
+  """The presets models.load initialises randomly."""
   return tuple(_PRESETS)
+
+
+def architecture_names() -> tuple[str, ...]:
+  """The shape-only presets: models.load refuses them (no weights), launch.plan plans them."""
+  return tuple(_ARCHITECTURES)
 
 
 def _rope_items(scaling: dict | None) -> tuple[tuple[str, Any], ...] | None:
@@ -126,7 +171,6 @@ def from_hf_dict(hf: dict, dtype: str | None = None) -> ModelConfig:
   head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
   eos = hf.get("eos_token_id")
   eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
-  torch_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
   if hf.get("mlp_bias"):
     raise ValueError("mlp_bias=true in config.json is not supported (Llama / Qwen2 / SmolLM have no "
                      "MLP biases)")
@@ -140,8 +184,7 @@ def from_hf_dict(hf: dict, dtype: str | None = None) -> ModelConfig:
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       max_position_embeddings=hf.get("max_position_embeddings", 2048),
       bos_token_id=hf.get("bos_token_id"), eos_token_ids=eos, pad_token_id=hf.get("pad_token_id"),
-      architecture=arch, dtype=dtype or "float32",
-      param_dtype=dtype or ("bfloat16" if torch_dtype == "bfloat16" else "float32"))
+      architecture=arch, dtype=dtype or "float32")
 
 
 def to_hf_dict(cfg: ModelConfig) -> dict:

@@ -53,34 +53,60 @@ def default_dtype() -> str:
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def load(name_or_path: str, dtype: str | None = None) -> tuple[ModelConfig, dict]:
+def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = None
+         ) -> tuple[ModelConfig, dict]:
   """(config, params) for a preset name (random init, seed 0), an embedded name, an HF folder or a .gguf.
 
-  dtype given: compute and params both in it; None: params float32, compute default_dtype().
+  dtype: the compute dtype (default default_dtype()); param_dtype: the storage dtype of the params
+  (default float32: master weights for training, whatever the checkpoint's own dtype). Shape-only
+  architecture presets (qwen2.5-7b, ...) are refused: they have no weights (launch.plan takes them).
   """
   name_or_path = os.fspath(name_or_path)
-  compute = dtype or default_dtype()
-  param_dtype = dtype or "float32"
+  if name_or_path in config_lib.architecture_names():
+    raise ValueError(f"{name_or_path!r} is a shape-only architecture preset (no weights): use it with "
+                     "launch.plan, and train from a local HF folder of the model "
+                     "(config.json + *.safetensors)")
+  dtypes = dict(dtype=dtype or default_dtype(), param_dtype=param_dtype or "float32")
   if name_or_path in config_lib.preset_names():
-    cfg = config_lib.preset(name_or_path, dtype=compute, param_dtype=param_dtype)
+    cfg = config_lib.preset(name_or_path, **dtypes)
     return cfg, init_params(cfg, jax.random.PRNGKey(0))
-  path = embedded_path(name_or_path) if name_or_path in EMBEDDED else os.path.expanduser(name_or_path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"model {name_or_path!r} not found: not a preset ({', '.join(config_lib.preset_names())}), "
-        f"not an embedded name ({', '.join(EMBEDDED)}), and no such folder or .gguf file")
+  path = _model_path(name_or_path)
   if os.path.isdir(path):
     cfg, weights = _read_hf_folder(path)
-  elif path.endswith(".gguf"):
-    cfg, weights = _cached(path, _read_gguf)
   else:
-    raise ValueError(f"model path {path!r} is neither a folder (config.json + *.safetensors) "
-                     "nor a .gguf file")
-  cfg = cfg.replace(dtype=compute, param_dtype=param_dtype)
+    cfg, weights = _cached(path, _read_gguf)
+  cfg = cfg.replace(**dtypes)
   if not cfg.tie_embeddings and not any(k.endswith("lm_head.weight") for k in weights):
     # config.json without tie_word_embeddings and a checkpoint without a head: the head is the embedding.
     cfg = cfg.replace(tie_embeddings=True)
   return cfg, _to_params(cfg, weights)
+
+
+def load_config(name_or_path: str, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+  """The ModelConfig that load() would return, without materialising weights where it can: presets of
+  both kinds and HF folders read no tensor (a .gguf is read through its converted cache)."""
+  name_or_path = os.fspath(name_or_path)
+  dtypes = dict(dtype=dtype or default_dtype(), param_dtype=param_dtype or "float32")
+  if name_or_path in config_lib.preset_names() + config_lib.architecture_names():
+    return config_lib.preset(name_or_path, **dtypes)
+  path = _model_path(name_or_path)
+  if os.path.isdir(path):
+    return _read_hf_config(path).replace(**dtypes)
+  return load(name_or_path, **dtypes)[0]
+
+
+def _model_path(name_or_path: str) -> str:
+  """The folder or .gguf file behind a name that is not a preset; one-line errors naming the valid kinds."""
+  path = embedded_path(name_or_path) if name_or_path in EMBEDDED else os.path.expanduser(name_or_path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"model {name_or_path!r} not found: not a preset ({', '.join(config_lib.preset_names())}), "
+        f"not an architecture preset ({', '.join(config_lib.architecture_names())}), not an embedded "
+        f"name ({', '.join(EMBEDDED)}), and no such folder or .gguf file")
+  if not os.path.isdir(path) and not path.endswith(".gguf"):
+    raise ValueError(f"model path {path!r} is neither a folder (config.json + *.safetensors) "
+                     "nor a .gguf file")
+  return path
 
 
 # ------------------------------------------------------------------------------------------------- HF folders
@@ -109,13 +135,17 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f"corrupt safetensors file {path}: {e}") from None
 
 
-def _read_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def _read_hf_config(folder: str) -> ModelConfig:
   config_path = os.path.join(folder, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{folder} has no config.json; an HF model folder needs config.json "
                             "+ *.safetensors")
   with open(config_path) as f:
-    cfg = config_lib.from_hf_dict(json.load(f))
+    return config_lib.from_hf_dict(json.load(f))
+
+
+def _read_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+  cfg = _read_hf_config(folder)
   index = os.path.join(folder, "model.safetensors.index.json")
   if os.path.exists(index):
     with open(index) as f:

@@ -149,6 +149,15 @@ class Block(nn.Module):
     return (x, k_cache, v_cache), None
 
 
+def _remat(block, policy: str):
+  """The layer under the config's remat policy (REMAT_POLICIES in models/config.py)."""
+  if policy == "none":
+    return block
+  # prevent_cse=False: under nn.scan the loop already keeps XLA from merging the recompute away.
+  saveable = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[policy]
+  return nn.remat(block, prevent_cse=False, policy=saveable)
+
+
 class Decoder(nn.Module):
   """Embedding, the scanned layers (params stacked on a leading [L] axis), final norm, LM head."""
   cfg: ModelConfig
@@ -159,7 +168,7 @@ class Decoder(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      embedding_init=nn.initializers.normal(_INIT_STD), name="embed")
     x = embed(tokens)
-    block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+    block = _remat(Block, cfg.remat)
     layers = nn.scan(block, variable_axes={"params": 0, "lora": 0},
                      split_rngs={"params": True, "dropout": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from agentgen_jax import models
+from agentgen_jax import models, parallel
 from agentgen_jax.models import lora
 from agentgen_jax.rl import advantages as adv_lib
 from agentgen_jax.rl import losses, policy
@@ -183,9 +183,10 @@ def init_state(model_cfg, params, lcfg: LearnerConfig, rng, mesh=None) -> TrainS
                      opt_state=make_optimizer(lcfg).init(params), critic_params=critic_params,
                      critic_opt_state=critic_opt_state,
                      ref_params=_copy(params) if lcfg.uses_ref and frozen is None else None, rng=rng)
+  if mesh is not None:  # params, moments, reference and critic sharded over fsdp (parallel.py's rule)
+    state = jax.device_put(state, parallel.state_shardings(mesh, state))
+  # The frozen base keeps the placement the caller gave it (agent.from_config: FSDP over the mesh).
   state = state.replace(frozen=frozen)
-  if mesh is not None:
-    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
   return state
 
 
@@ -242,7 +243,8 @@ def _explained_variance(sums, n):
 def split_micro(tree, micro_batch_size: int, mesh=None):
   """[M, ...] -> [M / micro, micro, ...]; micro-batch i takes rows i, i + n, i + 2n, ... (n = M / micro).
 
-  The strided split keeps every micro-batch spread over all devices when rows are sharded over `data`.
+  The strided split keeps every micro-batch spread over all devices when rows are sharded over the batch
+  axes (data and fsdp).
   """
   def split(x):
     m = x.shape[0]
@@ -250,7 +252,8 @@ def split_micro(tree, micro_batch_size: int, mesh=None):
       raise ValueError(f"minibatch of {m} rows is not a multiple of micro_batch_size={micro_batch_size}")
     y = x.reshape(micro_batch_size, m // micro_batch_size, *x.shape[1:]).swapaxes(0, 1)
     if mesh is not None:
-      y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, PartitionSpec(None, "data")))
+      rows = NamedSharding(mesh, PartitionSpec(None, parallel.batch_axes(mesh)))
+      y = jax.lax.with_sharding_constraint(y, rows)
     return y
   return jax.tree.map(split, tree)
 
@@ -328,23 +331,25 @@ def _update(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, 
 
 def jit_step(fn, mesh=None):
   """jit of `fn(state, batch) -> (state, metrics)` with the state donated, except its frozen LoRA base
-  (passed beside it, neither donated nor returned: no copy); with a mesh, the state and metrics
-  replicated and the batch rows sharded over `data`."""
+  (passed beside it, neither donated nor returned: never copied); with a mesh, the state in and out with
+  its FSDP shardings, the base with the params' rule, the batch rows over the batch axes, the metrics
+  replicated (built at the first call: the shardings follow the state's structure)."""
   def without_frozen(state, frozen, batch):
     state, metrics = fn(state.replace(frozen=frozen), batch)
     return state.replace(frozen=None), metrics
 
-  if mesh is None:
-    jitted = jax.jit(without_frozen, donate_argnums=0)
-  else:
-    rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    jitted = jax.jit(without_frozen, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
-                     donate_argnums=0)
+  jitted = []
 
   def step(state, batch):
-    new_state, metrics = jitted(state.replace(frozen=None), state.frozen, batch)
+    if not jitted and mesh is None:
+      jitted.append(jax.jit(without_frozen, donate_argnums=0))
+    elif not jitted:
+      shardings = parallel.state_shardings(mesh, state.replace(frozen=None))
+      frozen = None if state.frozen is None else parallel.param_shardings(mesh, state.frozen)
+      jitted.append(jax.jit(without_frozen, in_shardings=(shardings, frozen, parallel.batch_sharding(mesh)),
+                            out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0))
+    new_state, metrics = jitted[0](state.replace(frozen=None), state.frozen, batch)
     return new_state.replace(frozen=state.frozen), metrics
-
   return step
 
 
@@ -430,9 +435,8 @@ def _jitted_evaluate(model_cfg, mode, critic, temperature, mesh):
     fn = functools.partial(_evaluate, model_cfg, mode, critic, temperature)
     if mesh is None:
       _EVALUATORS[key] = jax.jit(fn)
-    else:
-      rep, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-      _EVALUATORS[key] = jax.jit(fn, in_shardings=(rep, rep, rep, data), out_shardings=data)
+    else:  # the params keep the shardings they carry (FSDP); rows in and out over the batch axes
+      _EVALUATORS[key] = jax.jit(fn, out_shardings=parallel.batch_sharding(mesh))
   return _EVALUATORS[key]
 
 
@@ -462,6 +466,7 @@ def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "generate", 
   for start in range(0, b, micro_batch_size):
     idx = np.arange(start, min(start + micro_batch_size, b))
     rows = _pad_rows({k: batch[k] for k in keys}, idx, micro_batch_size, None)
+    rows = rows if mesh is None else parallel.shard_batch(rows, mesh)
     params, critic_params = _forward_params(state.frozen, state.params, state.critic_params, lcfg.critic)
     out = jax.device_get(fn(params, critic_params, _reference(state, lcfg.uses_ref), rows))
     chunks.append({k: v[:len(idx)] for k, v in out.items()})

@@ -154,7 +154,7 @@ class Study:
     unknown = [n for n in only if n not in self.by_name and n != BASE]
     if unknown:
       raise ValueError(f"unknown stages {unknown}; this study has: {', '.join([BASE] + list(self.by_name))}")
-    agent = agent_lib.from_config(cfg)
+    agent = agent_lib.from_config(cfg, agent_lib.run_mesh(cfg))
     all_envs = sorted(set(self.envs) | {e for s in self.stages for e in s.envs})
     logger = logs.Logger(self.workdir)
     with make_pool(cfg, all_envs) as pool:
