@@ -40,6 +40,7 @@ TEST = [
     "psutil>=5.9",
     "accelerate>=1.0",  # transformers needs it to read GGUF (parity tests)
     "rapidfuzz>=3",
+    "peft>=0.13",  # the LoRA adapter export is checked by loading it with peft
 ]
 
 setuptools.setup(

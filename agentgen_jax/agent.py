@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 from agentgen_jax import models, parallel, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
 
@@ -42,6 +44,12 @@ def run_mesh(cfg):
 
 def from_config(cfg, mesh=None) -> Agent:
   """The agent of a RunConfig (agentgen_jax.config): its model, tokenizer, dtype and system prompt, its
-  params placed over `mesh` (from run_mesh(cfg))."""
+  params placed over `mesh` (from run_mesh(cfg)). With cfg.lora.rank > 0 its params are the base in the
+  compute dtype with fresh LoRA adapters attached (equal to the base until trained)."""
   agent = load(cfg.model, cfg.tokenizer, cfg.dtype, cfg.rollout.system_prompt, cfg.param_dtype, cfg.remat)
-  return dataclasses.replace(agent, params=parallel.place_params(agent.params, mesh), mesh=mesh)
+  params = agent.params
+  if cfg.lora.enabled:
+    base = jax.tree.map(lambda x: x.astype(agent.cfg.dtype), params)
+    params = models.lora.attach(base, models.lora.init(agent.cfg, cfg.lora, jax.random.PRNGKey(cfg.seed)),
+                                cfg.lora)
+  return dataclasses.replace(agent, params=parallel.place_params(params, mesh), mesh=mesh)

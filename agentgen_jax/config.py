@@ -13,6 +13,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from agentgen_jax.models import config as models_config
+from agentgen_jax.models.lora import LoraConfig
 from agentgen_jax.rl.learner import LearnerConfig
 from agentgen_jax.rollout import RolloutConfig
 
@@ -83,6 +84,7 @@ class RunConfig:
   export_hf: bool = False          # also write the final policy as an HF folder (workdir/hf_export)
   rollout: RolloutConfig = RolloutConfig()
   learner: LearnerConfig = LearnerConfig()
+  lora: LoraConfig = LoraConfig()  # rank > 0: SFT and RL train LoRA adapters on the frozen base
   sft: SFTConfig = SFTConfig()
   eval: EvalConfig = EvalConfig()
   study: StudyConfig = StudyConfig()

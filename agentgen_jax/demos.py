@@ -98,7 +98,7 @@ def sft_warm_start(cfg: config_lib.RunConfig, agent, pool, out: logs.StageOutput
         bar.update(1)
         bar.set_postfix(epoch=epoch, loss=f"{float(m['loss']):.3f}")
       out.logger.log({"phase": "sft", "epoch": epoch, "steps": step, **logs.scalar_floats(m)})
-  return state.params, len(demos)
+  return learner.policy_params(state), len(demos)
 
 
 def sft_batches(demos: Sequence[dict], batch_size: int, rng: np.random.Generator):

@@ -47,7 +47,8 @@ def run(cfg: config_lib.RunConfig, workdir: str, mesh=None) -> dict:
     def evaluate(params, stage: str) -> dict:
       """Summaries and the failure table of one evaluation, kept in eval_<stage>.json."""
       def fresh():
-        ev = evaluator.run(params, stage, [] if stage == "base" else list(cfg.envs))
+        # Under LoRA, decode on merged weights (faster; see models/lora.py merged).
+        ev = evaluator.run(models.lora.merged(params), stage, [] if stage == "base" else list(cfg.envs))
         return {"evals": ev.summaries, "failures": failures.failure_table(ev.records)}
       return cached_json(os.path.join(workdir, f"eval_{stage}.json"), fresh)
 
@@ -67,4 +68,7 @@ def run(cfg: config_lib.RunConfig, workdir: str, mesh=None) -> dict:
   report.write_report(results, workdir)
   if cfg.export_hf:
     models.save_hf(agent.cfg, params, os.path.join(workdir, "hf_export"), tokenizer=agent.tokenizer)
+    if models.lora.is_attached(params):  # LoRA: hf_export holds the merged weights, this the adapters alone
+      models.save_peft(models.lora.split(params)[1], cfg.lora, os.path.join(workdir, "peft_adapter"),
+                       base_model=cfg.model)
   return results

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agentgen_jax import checkpoint, data, demos, logs, rollout
+from agentgen_jax import checkpoint, data, demos, logs, models, rollout
 from agentgen_jax import config as config_lib
 from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
@@ -68,7 +68,8 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
   ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=cfg.max_to_keep)
   start, curves = 0, []
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
+    restored, meta = ckpt.restore(state.checkpointable())
+    state = restored.replace(frozen=state.frozen)
     start, stream.position, curves = meta["iteration"], meta["sampler_position"], meta["curves"]
     out.logger.log({"event": "resumed", "stage": out.name, "iteration": start})
   last_good = ckpt.latest_step()
@@ -77,7 +78,10 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
     t0 = time.time()
     tasks = [t for t in stream.next(cfg.tasks_per_iteration) for _ in range(cfg.group_size)]
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), it)
-    episodes = roller.run(state.params, tasks, jax.random.fold_in(rng, 0))
+    # Under LoRA the rollout decodes on weights merged once per iteration (faster than the branch per step).
+    policy = models.lora.merged(learner.policy_params(state))
+    episodes = roller.run(policy, tasks, jax.random.fold_in(rng, 0))
+    del policy
     t_rollout = time.time() - t0
     batch, batch_metrics = rl_batch.learner_batch(episodes, state, agent.cfg, lcfg, mode, mesh)
     state, m = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
@@ -90,13 +94,26 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
     data.write_jsonl([ep.record(f"train:{out.name}:{it}") for ep in episodes],
                      os.path.join(out.workdir, "trajectories", f"train_{it:05d}.jsonl"))
     if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-      ckpt.save(it + 1, state, {"iteration": it + 1, "sampler_position": stream.position, "curves": curves,
-                                "stage": out.name})
+      # Under LoRA the checkpoint holds the adapters and their optimiser state; the base is cfg.model.
+      meta = {"iteration": it + 1, "sampler_position": stream.position, "curves": curves, "stage": out.name,
+              "base_model": cfg.model}
+      ckpt.save(it + 1, state.checkpointable(), meta)
       last_good = it + 1
     if hasattr(bar, "set_postfix"):
       bar.set_postfix(success=f"{point['success']:.2f}", kl=f"{m.get('kl', 0):.3g}")
   ckpt.close()
-  return state.params, curves
+  return learner.policy_params(state), curves
+
+
+def _trained_part(params):
+  """What a checkpoint of params holds: the adapters under LoRA, else everything."""
+  return models.lora.split(params)[1] if models.lora.is_attached(params) else params
+
+
+def _with_trained_part(params, trained):
+  if models.lora.is_attached(params):
+    return models.lora.join(models.lora.split(params)[0], trained)
+  return trained
 
 
 def train_stage(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutput,
@@ -110,9 +127,10 @@ def train_stage(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageO
     sft_ckpt = checkpoint.Checkpointer(os.path.join(out.workdir, "sft"), max_to_keep=1)
     if sft_ckpt.latest_step() is None:
       params, n_demos = demos.sft_warm_start(cfg, agent, pool, out)
-      sft_ckpt.save(1, params, {"demos": n_demos})
+      sft_ckpt.save(1, _trained_part(params), {"demos": n_demos, "base_model": cfg.model})
     else:
-      params, _ = sft_ckpt.restore(params)
+      trained, _ = sft_ckpt.restore(_trained_part(params))
+      params = _with_trained_part(params, trained)
     sft_ckpt.close()
     if after_sft is not None and cfg.iterations > 0:
       after_sft(params)

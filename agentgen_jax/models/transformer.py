@@ -89,9 +89,28 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
+class LoraDense(nn.Dense):
+  """nn.Dense plus, when the "lora" collection holds this layer's adapter, the low-rank branch
+  (x·A)·B·scale (scale = alpha / rank, see models/lora.py), computed beside x·W: the merged weight is
+  never formed, so neither a second copy of the weights nor a weight-sized gradient exists. With a
+  "dropout" rng and a per-layer "dropout" rate, the branch's input is dropped out (PEFT's lora_dropout)."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = super().__call__(x)
+    if not self.has_variable("lora", "a"):
+      return y
+    a, b, scale = (self.get_variable("lora", k) for k in ("a", "b", "scale"))
+    if self.has_variable("lora", "dropout") and self.has_rng("dropout"):
+      keep = 1.0 - self.get_variable("lora", "dropout")
+      kept = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+      x = jnp.where(kept, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
+    return y + (x @ a.astype(self.dtype)) @ b.astype(self.dtype) * scale.astype(self.dtype)
+
+
 def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn.Dense:
-  return nn.Dense(features, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                  kernel_init=nn.initializers.normal(_INIT_STD), name=name)
+  return LoraDense(features, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                   kernel_init=nn.initializers.normal(_INIT_STD), name=name)
 
 
 class Block(nn.Module):
@@ -171,7 +190,8 @@ class Decoder(nn.Module):
                      embedding_init=nn.initializers.normal(_INIT_STD), name="embed")
     x = embed(tokens)
     block = _remat(Block, cfg.remat)
-    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+    layers = nn.scan(block, variable_axes={"params": 0, "lora": 0},
+                     split_rngs={"params": True, "dropout": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
     k_cache, v_cache = kv if kv is not None else (None, None)
     (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, name="layers")(
@@ -215,6 +235,19 @@ def _init(cfg: ModelConfig, rng):
   return Decoder(cfg).init(rng, tokens, _rope_tables(cfg, tokens), mask, None, jnp.int32(0))["params"]
 
 
+def _apply(cfg: ModelConfig, params: dict, *args, window: int | None = None, append: bool = True):
+  """Decoder(cfg, window, append).apply on a param tree that may carry LoRA adapters under "lora"
+  (models/lora.py attach): they go to the "lora" collection, their optional "rng" to the dropout stream."""
+  decoder = Decoder(cfg, window, append)
+  if "lora" not in params:
+    return decoder.apply({"params": params}, *args)
+  params = dict(params)
+  lora = dict(params.pop("lora"))
+  rng = lora.pop("rng", None)
+  return decoder.apply({"params": params, "lora": {"layers": lora}}, *args,
+                       rngs=None if rng is None else {"dropout": rng})
+
+
 def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
             valid: jax.Array | None = None, cache: KVCache | None = None,
             attn_mask: jax.Array | None = None, *, window: int | None = None,
@@ -229,6 +262,7 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   index + T <= window <= S (XLA clamps writes past the end, unchecked). append=False leaves the cache as
   it is (returns None for it): the tokens are scored as a continuation of the cached prefix.
   Returns logits [B, T, V] f32, hidden [B, T, D] f32 (final-norm output), the new cache or None.
+  params may carry LoRA adapters (models.lora.attach): base + adapters, without merging the weights.
   """
   b, t = tokens.shape
   valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
@@ -237,7 +271,7 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   attn_mask = attn_mask.astype(bool)
   rope = _rope_tables(cfg, positions)
   if cache is None:
-    logits, hidden, _ = Decoder(cfg).apply({"params": params}, tokens, rope, attn_mask, None, jnp.int32(0))
+    logits, hidden, _ = _apply(cfg, params, tokens, rope, attn_mask, None, jnp.int32(0))
     return logits, hidden, None
   window = window or cache.valid.shape[1]
   index = cache.index.astype(jnp.int32)
@@ -247,8 +281,8 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
     mask = earlier | new
   else:
     mask = jnp.concatenate([jnp.broadcast_to(earlier, (b, t, window)), attn_mask], axis=-1)
-  logits, hidden, (k, v) = Decoder(cfg, window, append).apply(
-      {"params": params}, tokens, rope, mask, (cache.k, cache.v), index)
+  logits, hidden, (k, v) = _apply(cfg, params, tokens, rope, mask, (cache.k, cache.v), index,
+                                  window=window, append=append)
   if not append:
     return logits, hidden, None
   new_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))

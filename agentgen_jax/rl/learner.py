@@ -18,6 +18,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from agentgen_jax import models, parallel
+from agentgen_jax.models import lora
 from agentgen_jax.rl import advantages as adv_lib
 from agentgen_jax.rl import losses, policy
 
@@ -93,14 +94,49 @@ class LearnerConfig:
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything the update changes, as one pytree (checkpointed whole)."""
+  """Everything the update changes, as one pytree (checkpointed whole, less `frozen`: checkpointable()).
+
+  Under LoRA, params are the adapters (float32), `frozen` is the base they are attached to (models/lora.py
+  split: stored in its own dtype, never donated, never copied), the reference is that base with the adapters
+  off (ref_params None), and a "separate" critic's trunk is its own adapters on the same base.
+  """
   step: jax.Array  # [] i32
-  params: Any  # policy params (plain pytree)
+  params: Any  # policy params (plain pytree); the LoRA adapters under LoRA
   opt_state: Any
   critic_params: Any  # None | value head ("shared") | {"trunk", "head"} ("separate")
   critic_opt_state: Any
-  ref_params: Any  # frozen reference policy, None when no KL is used
+  ref_params: Any  # frozen reference policy, None when no KL is used (or under LoRA)
   rng: jax.Array
+  frozen: Any = None  # the frozen base under LoRA, else None
+
+  def checkpointable(self) -> TrainState:
+    """The state without the frozen base: what checkpoints hold (the base is reloaded from its source)."""
+    return self.replace(frozen=None)
+
+
+def policy_params(state: TrainState) -> Any:
+  """The policy's param tree for any forward (rollout, evaluation, export): under LoRA the adapters
+  attached to the base (models.save_hf writes it merged; lora.merge_attached merges it)."""
+  return with_frozen(state.frozen, state.params)
+
+
+def with_frozen(frozen, params, rng=None):
+  """params as the forward reads them: under LoRA (frozen not None) the trainable adapters joined to the
+  frozen base, with adapter dropout when rng is given; else params unchanged."""
+  return params if frozen is None else lora.join(frozen, params, rng)
+
+
+def _forward_params(frozen, params, critic_params, critic: str, rng=None):
+  """(policy tree, critic params) for the forward; a separate critic's trunk is its own adapters."""
+  if frozen is not None and critic == "separate":
+    critic_params = {"trunk": with_frozen(frozen, critic_params["trunk"], rng), "head": critic_params["head"]}
+  return with_frozen(frozen, params, rng), critic_params
+
+
+def _reference(state: TrainState, uses_ref: bool):
+  if state.frozen is None:
+    return state.ref_params
+  return lora.detach(state.frozen) if uses_ref else None
 
 
 def _schedule(lcfg: LearnerConfig, lr: float):
@@ -130,7 +166,12 @@ def init_state(model_cfg, params, lcfg: LearnerConfig, rng, mesh=None) -> TrainS
   """A fresh TrainState; the critic starts from the policy trunk ("separate") or a new head.
 
   The state holds copies of `params`: the update donates the state, and the caller's params stay usable.
+  `params` with LoRA adapters attached (models.lora.attach) trains the adapters only: the base becomes
+  `frozen`, shared with the caller's tree, not copied.
   """
+  frozen = None
+  if lora.is_attached(params):
+    frozen, params = lora.split(params)
   params = _copy(params)
   rng, head_rng = jax.random.split(rng)
   critic_params = critic_opt_state = None
@@ -141,9 +182,11 @@ def init_state(model_cfg, params, lcfg: LearnerConfig, rng, mesh=None) -> TrainS
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=make_optimizer(lcfg).init(params), critic_params=critic_params,
                      critic_opt_state=critic_opt_state,
-                     ref_params=_copy(params) if lcfg.uses_ref else None, rng=rng)
+                     ref_params=_copy(params) if lcfg.uses_ref and frozen is None else None, rng=rng)
   if mesh is not None:  # params, moments, reference and critic sharded over fsdp (parallel.py's rule)
     state = jax.device_put(state, parallel.state_shardings(mesh, state))
+  # The frozen base keeps the placement the caller gave it (agent.from_config: FSDP over the mesh).
+  state = state.replace(frozen=frozen)
   return state
 
 
@@ -215,6 +258,16 @@ def split_micro(tree, micro_batch_size: int, mesh=None):
   return jax.tree.map(split, tree)
 
 
+def with_row_index(batch):
+  """batch plus "row_index" [M]: after split_micro, a micro-batch knows which rows it holds."""
+  return dict(batch, row_index=jnp.arange(len(batch[next(iter(batch))])))
+
+
+def dropout_rng(state: TrainState, mb):
+  """The LoRA dropout key of this step and micro-batch (mb from split_micro(with_row_index(...)))."""
+  return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), mb["row_index"][0])
+
+
 def accumulate(loss_and_sums, trainable, micro, n_units):
   """Gradient of sum_i loss_i / n_units over the micro-batches (lax.scan): the exact minibatch mean.
 
@@ -244,8 +297,14 @@ def loss_gradients(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: Train
   mask = minibatch[policy.unit_mask_key(mode)] > 0
   n_units = jnp.maximum(jnp.sum(mask).astype(jnp.float32), 1.0)
   minibatch = dict(minibatch, unit_weight=losses.agg_weights(mask, lcfg.loss_agg))
-  micro = split_micro(minibatch, lcfg.micro_batch_size, mesh)
-  loss_and_sums = lambda t, mb: _loss_and_sums(lcfg, mode, model_cfg, t[0], t[1], mb)
+  micro = split_micro(with_row_index(minibatch), lcfg.micro_batch_size, mesh)
+
+  def loss_and_sums(trainable, mb):
+    # Under LoRA the adapters are joined to the frozen base here, inside the differentiated function:
+    # gradients reach the adapters only.
+    params, critic_params = _forward_params(state.frozen, *trainable, lcfg.critic, dropout_rng(state, mb))
+    return _loss_and_sums(lcfg, mode, model_cfg, params, critic_params, mb)
+
   grads, sums = accumulate(loss_and_sums, (state.params, state.critic_params), micro, 1.0)
   # Metrics are unit means (whatever loss_agg), "loss" the aggregated loss that was differentiated.
   metrics = {k: v / n_units for k, v in sums.items() if k not in ("ret", "ret2", "err", "err2", "loss")}
@@ -271,17 +330,26 @@ def _update(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, 
 
 
 def jit_step(fn, mesh=None):
-  """jit of `fn(state, batch) -> (state, metrics)` with the state donated; with a mesh, the state in and out
-  with its FSDP shardings, the batch rows over the batch axes, the metrics replicated
-  (parallel.jit_state_step, built at the first call: the shardings follow the state's structure)."""
-  if mesh is None:
-    return jax.jit(fn, donate_argnums=0)
+  """jit of `fn(state, batch) -> (state, metrics)` with the state donated, except its frozen LoRA base
+  (passed beside it, neither donated nor returned: never copied); with a mesh, the state in and out with
+  its FSDP shardings, the base with the params' rule, the batch rows over the batch axes, the metrics
+  replicated (built at the first call: the shardings follow the state's structure)."""
+  def without_frozen(state, frozen, batch):
+    state, metrics = fn(state.replace(frozen=frozen), batch)
+    return state.replace(frozen=None), metrics
+
   jitted = []
 
   def step(state, batch):
-    if not jitted:
-      jitted.append(parallel.jit_state_step(fn, mesh, state))
-    return jitted[0](state, batch)
+    if not jitted and mesh is None:
+      jitted.append(jax.jit(without_frozen, donate_argnums=0))
+    elif not jitted:
+      shardings = parallel.state_shardings(mesh, state.replace(frozen=None))
+      frozen = None if state.frozen is None else parallel.param_shardings(mesh, state.frozen)
+      jitted.append(jax.jit(without_frozen, in_shardings=(shardings, frozen, parallel.batch_sharding(mesh)),
+                            out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0))
+    new_state, metrics = jitted[0](state.replace(frozen=None), state.frozen, batch)
+    return new_state.replace(frozen=state.frozen), metrics
   return step
 
 
@@ -399,7 +467,8 @@ def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "generate", 
     idx = np.arange(start, min(start + micro_batch_size, b))
     rows = _pad_rows({k: batch[k] for k in keys}, idx, micro_batch_size, None)
     rows = rows if mesh is None else parallel.shard_batch(rows, mesh)
-    out = jax.device_get(fn(state.params, state.critic_params, state.ref_params, rows))
+    params, critic_params = _forward_params(state.frozen, state.params, state.critic_params, lcfg.critic)
+    out = jax.device_get(fn(params, critic_params, _reference(state, lcfg.uses_ref), rows))
     chunks.append({k: v[:len(idx)] for k, v in out.items()})
   result = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   if "old_logprobs" in batch:

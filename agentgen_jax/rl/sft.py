@@ -29,8 +29,11 @@ def _sums(model_cfg, params, mb):
 def _step(model_cfg, lcfg: learner.LearnerConfig, mesh, state: learner.TrainState, batch):
   # Token 0 of a row has no prediction: it never counts as a loss token.
   n_tokens = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:] > 0).astype(jnp.float32), 1.0)
-  micro = learner.split_micro(batch, lcfg.micro_batch_size, mesh)
-  grads, sums = learner.accumulate(functools.partial(_sums, model_cfg), state.params, micro, n_tokens)
+  micro = learner.split_micro(learner.with_row_index(batch), lcfg.micro_batch_size, mesh)
+  # Under LoRA the adapters are joined to the frozen base inside the differentiated function.
+  loss = lambda params, mb: _sums(model_cfg, learner.with_frozen(state.frozen, params,
+                                                                 learner.dropout_rng(state, mb)), mb)
+  grads, sums = learner.accumulate(loss, state.params, micro, n_tokens)
   updates, opt_state = learner.make_optimizer(lcfg).update(grads, state.opt_state, state.params)
   state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt_state=opt_state)
