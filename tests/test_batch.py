@@ -16,7 +16,9 @@ from agentgen_jax.rollout import Episode
 
 @pytest.fixture(scope="module")
 def tiny():
-  cfg = models.preset("tiny")
+  # One narrow layer: these tests check the batch arithmetic, and compiles dominate their time.
+  cfg = models.preset("tiny", num_layers=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                      num_kv_heads=1, head_dim=16)
   return cfg, models.init_params(cfg, jax.random.PRNGKey(0))
 
 
@@ -105,6 +107,8 @@ def test_env_failure_rows_give_no_gradient_and_are_counted(tiny, mode):
   assert not units_of(with_crash, mode)[3].any()
   # The others' advantages are those of the group without the crashed episode.
   np.testing.assert_allclose(with_crash["advantages"][:3], without["advantages"], atol=1e-6)
+  if mode == "choose":
+    return  # the same masked sums as generate mode: one gradient comparison (two compiles) is enough
   grads = jax.jit(functools.partial(learner.loss_gradients, cfg, lcfg, mode, None))
   keys = learner.batch_keys(mode, lcfg)
   g_with, m_with = grads(state, {k: with_crash[k] for k in keys})
@@ -121,7 +125,7 @@ def test_kl_reward_penalty_enters_the_episode_return(tiny):
   state = state_for(cfg, params, lcfg)
   # A reference that differs from the policy: its logits are shifted per token, so the KL is not zero.
   ref = jax.tree.map(lambda x: x, state.ref_params)
-  ref["embed"]["embedding"] = ref["embed"]["embedding"] * 1.3
+  ref["embed"]["embedding"] = ref["embed"]["embedding"] * 3.0
   state = state.replace(ref_params=ref)
   batch, metrics = rl_batch.learner_batch(eps, state, cfg, lcfg, "generate")
   ev = learner.evaluate_batch(cfg, state, batch, "generate", 2, lcfg)
@@ -173,20 +177,22 @@ def test_last_value_is_the_critic_at_the_last_main_token(tiny):
 
 
 @pytest.mark.parametrize("mode", ["generate", "choose"])
-@pytest.mark.parametrize("estimator,critic", [("grpo", "shared"), ("rloo", "none"), ("reinforce", "none"),
-                                              ("token_gae", "shared"), ("turn_gae", "separate")])
-def test_every_estimator_gives_a_batch_the_update_takes(tiny, mode, estimator, critic):
+def test_every_estimator_gives_a_batch_the_update_takes(tiny, mode):
   cfg, params = tiny
   eps = [episode(i, "a", [0.0, float(i % 2)], mode) for i in range(4)]
-  lcfg = lconfig(estimator=estimator, critic=critic, kl_coef=0.01, gamma=0.95, lam=0.9)
-  state = state_for(cfg, params, lcfg)
-  batch, metrics = rl_batch.learner_batch(eps, state, cfg, lcfg, mode)
-  assert set(learner.batch_keys(mode, lcfg)) <= set(batch)
-  assert all(np.isfinite(v) for v in metrics.values())
-  m = units_of(batch, mode)
-  assert np.abs(batch["advantages"][m]).max() > 0 and np.all(batch["advantages"][~m] == 0)
-  _, upd = learner.make_update(cfg, lcfg, mode)(state, batch | {})
-  assert np.isfinite(float(upd["loss"]))
+  # Evaluation compiles once per critic kind: two kinds here (test_learner covers "separate").
+  for estimator, critic in [("grpo", "shared"), ("rloo", "none"), ("reinforce", "none"),
+                            ("token_gae", "shared"), ("turn_gae", "shared")]:
+    lcfg = lconfig(estimator=estimator, critic=critic, kl_coef=0.01, gamma=0.95, lam=0.9)
+    state = state_for(cfg, params, lcfg)
+    batch, metrics = rl_batch.learner_batch(eps, state, cfg, lcfg, mode)
+    assert set(learner.batch_keys(mode, lcfg)) <= set(batch), estimator
+    assert all(np.isfinite(v) for v in metrics.values()), (estimator, metrics)
+    m = units_of(batch, mode)
+    assert np.abs(batch["advantages"][m]).max() > 0 and np.all(batch["advantages"][~m] == 0), estimator
+    if estimator == "grpo":  # grpo with a critic used to reach the update without old_values
+      _, upd = learner.make_update(cfg, lcfg, mode)(state, batch)
+      assert np.isfinite(float(upd["loss"])) and np.isfinite(float(upd["value_loss"])), estimator
 
 
 def test_turn_gae_in_generate_mode_gives_one_advantage_per_turn(tiny):

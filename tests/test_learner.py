@@ -274,8 +274,11 @@ _SHARDED_SCRIPT = textwrap.dedent("""
   import test_learner as tl
   assert jax.device_count() == 8, jax.devices()
   cfg = models.preset("tiny"); params = models.init_params(cfg, jax.random.PRNGKey(0))
+  # seq-mean-token-mean: per-row weights from the whole (sharded) minibatch, the hardest aggregation to get
+  # right across devices.
   lcfg = learner.LearnerConfig(lr=1.0, eps=1.0, max_grad_norm=1e6, critic="shared", kl_coef=0.1,
-                               entropy_coef=0.01, micro_batch_size=8, mini_batch_size=16)
+                               entropy_coef=0.01, micro_batch_size=8, mini_batch_size=16,
+                               loss_agg="seq-mean-token-mean")
   batch = tl._rl_fields(cfg, params, lcfg, tl.token_batch(4, b=16))
   mesh = parallel.make_mesh(axes=("data",))
   s1, m1 = learner.make_update(cfg, lcfg, "generate")(tl._fresh(cfg, params, lcfg), batch)
@@ -337,3 +340,18 @@ def test_choice_mode_ppo_with_separate_critic_moves_chosen_actions(tiny):
   err = lambda v: np.mean(np.square(v - batch["returns"])[m])
   assert err(after["old_values"]) < 0.5 * err(batch["old_values"])
   assert np.isfinite(metrics["value_loss"]) and metrics["explained_variance"] > 0
+
+
+def test_choice_scores_at_a_temperature_are_the_tempered_softmax_over_candidates():
+  # One row, two turns: candidates 0, 1 (turn 0) and 2, 3, 4 (turn 1); tokens 0-1 belong to candidate 0,
+  # 2 to candidate 1, 3-4 to candidate 2, 5 to candidate 3, 6 to candidate 4; turn 0 chose 1, turn 1 chose 2.
+  token_logp = np.array([[-1.0, -0.5, -2.0, -0.3, -0.2, -1.5, -0.1, 0.0]], np.float32)
+  cand_id = np.array([[0, 0, 1, 2, 2, 3, 4, -1]])
+  cand_turn, chosen = np.array([[0, 0, 1, 1, 1]]), np.array([[1, 2]])
+  for temperature in (1.0, 0.7):
+    logp, ent = policy.choice_scores(token_logp, cand_id, cand_turn, chosen, temperature)
+    for k, (scores, pick) in enumerate([(np.array([-1.5, -2.0]), 1), (np.array([-0.5, -1.5, -0.1]), 0)]):
+      z = scores / temperature
+      log_pi = z - np.log(np.sum(np.exp(z - z.max()))) - z.max()
+      np.testing.assert_allclose(float(logp[0, k]), log_pi[pick], rtol=1e-6)
+      np.testing.assert_allclose(float(ent[0, k]), -np.sum(np.exp(log_pi) * log_pi), rtol=1e-5)

@@ -1,6 +1,6 @@
 """Supervised fine-tuning on expert demonstrations: next-token cross-entropy on the agent tokens.
 
-Same TOKEN-mode batch layout and TrainState as the RL learner (init_state with critic "none").
+Same generate-mode batch layout and TrainState as the RL learner (init_state with critic "none").
 """
 
 from __future__ import annotations
