@@ -130,9 +130,8 @@ def plan_update(cfg, lcfg, mesh, seq_len: int):
   dtypes = {"tokens": jnp.int32, "positions": jnp.int32, "valid": jnp.bool_}
   batch = _rows(mesh, lcfg.mini_batch_size, seq_len,
                 {k: dtypes.get(k, jnp.float32) for k in learner.batch_keys(mode, lcfg)})
-  # mesh=None inside: the rows arrive sharded over (data, fsdp) and the partitioner keeps each
-  # micro-batch spread over them (learner's own constraint names only `data`).
-  jitted = parallel.jit_state_step(functools.partial(learner._update, cfg, lcfg, mode, None), mesh, state)
+  # The program training runs: learner.make_update(mesh=...) jits this with parallel.jit_state_step.
+  jitted = parallel.jit_state_step(functools.partial(learner._update, cfg, lcfg, mode, mesh), mesh, state)
   return state, shardings, _memory(jitted.lower(state, batch).compile(), 0)
 
 
@@ -149,7 +148,7 @@ def plan_sft(cfg, c, mesh, seq_len: int):
   state, _ = _state(cfg, lcfg, mesh)
   batch = _rows(mesh, c.sft.batch_size, seq_len, {"tokens": jnp.int32, "positions": jnp.int32,
                                                   "valid": jnp.bool_, "loss_mask": jnp.float32})
-  jitted = parallel.jit_state_step(functools.partial(sft._step, cfg, lcfg, None), mesh, state)
+  jitted = parallel.jit_state_step(functools.partial(sft._step, cfg, lcfg, mesh), mesh, state)
   return _memory(jitted.lower(state, batch).compile(), 0)
 
 

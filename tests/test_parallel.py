@@ -2,6 +2,7 @@
 CPU devices (subprocess), and the single-host / multi-host decision of initialize_distributed."""
 
 import glob
+import importlib
 import json
 import os
 import subprocess
@@ -286,7 +287,7 @@ def test_bad_mesh_or_batch_ends_train_in_one_line_and_writes_nothing(tmp_path, a
 
 def _final_params(workdir) -> np.ndarray:
   """The trained weights as written by --config.export_hf (host arrays: readable whatever the mesh was)."""
-  from agentgen_jax.models import load as load_lib
+  load_lib = importlib.import_module("agentgen_jax.models.load")  # `models.load` is the function
   weights = {}
   for path in sorted(glob.glob(os.path.join(workdir, "hf_export", "*.safetensors"))):
     weights.update(load_lib.read_safetensors(path))
