@@ -162,7 +162,15 @@ def test_bfloat16_compute_stays_close_to_float32(params):
   bf = CFG.replace(dtype="bfloat16")
   got = models.logits(bf, params, tokens)
   assert got.dtype == jnp.float32
-  np.testing.assert_allclose(got, models.logits(CFG, params, tokens), atol=5e-2)
+  want = np.asarray(models.logits(CFG, params, tokens))
+  # bfloat16 keeps 8 significant bits: each rounding of an activation or weight is off by at most
+  # eps = 2^-8 of its size. Along the path to the logits values are rounded about twice per layer
+  # (attention and MLP outputs) plus the embedding and the final norm, so the logits' error is a few
+  # eps of their scale: 2 * num_layers + 2 roundings of eps * max|logit|. Measured: 1.2-1.9 eps *
+  # max|logit| over four token draws (2.2e-3 with logits within +-0.41), a 3x margin under the bound.
+  err = np.abs(np.asarray(got) - want).max()
+  bound = (2 * CFG.num_layers + 2) * 2.0**-8 * np.abs(want).max()
+  assert 0 < err <= bound, (err, bound)  # > 0: the bfloat16 path really computes in bfloat16
   cache = models.init_cache(bf, 1, 8)
   assert cache.k.dtype == jnp.bfloat16
 
