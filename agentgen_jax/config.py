@@ -238,8 +238,10 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 def sft_learner_config(cfg: RunConfig) -> LearnerConfig:
   """The learner settings of the SFT warm start: the RL optimiser's betas and clipping, SFT's lr and batch,
-  no KL, no critic, constant learning rate."""
-  return dataclasses.replace(cfg.learner, lr=cfg.sft.lr, kl_coef=0.0, critic="none", schedule="constant",
+  no KL, no critic, constant learning rate. SFT has no advantages: the estimator is reset to one that needs
+  no critic (the RL run's GAE estimator would be refused without one)."""
+  return dataclasses.replace(cfg.learner, lr=cfg.sft.lr, kl_coef=0.0, critic="none", estimator="grpo",
+                             bootstrap_truncated=False, schedule="constant",
                              warmup_steps=0, mini_batch_size=cfg.sft.batch_size,
                              micro_batch_size=cfg.sft.micro_batch_size or cfg.sft.batch_size)
 

@@ -67,15 +67,7 @@ def test_estimator_raises_training_success(estimator, critic, warm_start, tmp_pa
   assert last >= first + RISE, (estimator, train)
 
 
-SFT_GAE_BUG = ("config.sft_learner_config keeps the GAE estimator but sets critic='none', which "
-               "LearnerConfig refuses: launch.train with an SFT warm start and token_gae/turn_gae fails "
-               "before its first step")
-
-
-@pytest.mark.parametrize("estimator, critic", [
-    *ESTIMATORS[:3],
-    *[pytest.param(e, c, marks=pytest.mark.xfail(
-        strict=True, raises=ValueError, reason=SFT_GAE_BUG)) for e, c in ESTIMATORS[3:]]])
+@pytest.mark.parametrize("estimator, critic", ESTIMATORS)
 def test_every_estimator_config_can_warm_start_by_sft(estimator, critic):
   """What job.run hands the SFT warm start for the quickstart config with each estimator (fast)."""
   lcfg = config.sft_learner_config(_config(estimator, critic))
