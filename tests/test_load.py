@@ -300,7 +300,7 @@ def test_architecture_presets_are_shape_only():
 
 # ------------------------------------------------------------------------------------- the embedded SmolLM2
 
-@pytest.mark.slow
+@pytest.mark.e2e  # in CI: seconds on an idle 2-core CPU
 def test_embedded_model_says_paris():
   cfg, params = models.load("smollm2-135m-instruct")
   tok = tokenizer.load("smollm2-135m-instruct")
@@ -312,7 +312,7 @@ def test_embedded_model_says_paris():
   assert "Paris" in answer, answer
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # in CI: seconds on an idle 2-core CPU
 def test_embedded_model_logits_match_transformers_gguf_loader():
   pytest.importorskip("accelerate")  # transformers needs it to read GGUF
   from agentgen_jax.models.load import embedded_path

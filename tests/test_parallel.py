@@ -246,7 +246,7 @@ FSDP_UPDATE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # in CI: seconds on an idle 2-core CPU
 def test_fsdp_update_on_eight_devices_equals_one_device():
   # ~20 s of CPU: the update compiled four times. Gradients of sharded and replicated leaves are
   # reduced by the partitioner (never pmean'ed twice), so every mesh trains like one device.
