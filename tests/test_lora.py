@@ -111,6 +111,18 @@ def test_merge_is_w_plus_scaled_a_b_on_the_targets_only(case):
   np.testing.assert_array_equal(merged["embed"]["embedding"], base["embed"]["embedding"])
 
 
+def test_jitted_merge_equals_the_traced_merge_and_shares_every_other_leaf(case):
+  # lora.merged (what a rollout decodes on) is jitted and merges one layer at a time.
+  cfg, lora_cfg, base, adapters = case
+  attached = lora.attach(base, adapters, lora_cfg)
+  merged = lora.merged(attached)
+  jax.tree.map(np.testing.assert_array_equal, merged, lora.merge_attached(attached))
+  assert merged["embed"]["embedding"] is base["embed"]["embedding"]
+  untouched = set(lora.kernel_shapes(cfg)) - set(lora_cfg.modules)
+  assert all(merged["layers"][n]["kernel"] is base["layers"][n]["kernel"] for n in untouched)
+  assert lora.merged(base) is base
+
+
 def test_adapters_decode_through_the_kv_cache_as_the_merged_model(case):
   cfg, lora_cfg, base, adapters = case
   tokens = _tokens(cfg, 2, 8)

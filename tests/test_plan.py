@@ -95,3 +95,23 @@ def test_bad_mesh_or_batch_is_a_one_line_error(args, message):
   proc = _plan("--config=tests/train_config_tiny.py", "--hbm_gb=1", "--devices=8", *args, timeout=300)
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+
+
+def test_lora_state_holds_the_base_once_in_bf16_and_moments_for_the_adapters_only():
+  """Exact bytes, hand-computed from the param counts (N base params, A adapter params, L layers): full
+  fine-tuning holds float32 params (4N), Adam mu and nu (8N, plus optax's int32 step count) and a float32
+  reference (4N); LoRA holds the base once in the compute dtype, bfloat16 (2N: it is also the reference),
+  float32 adapters (4A) with their per-layer scales (4 bytes x 7 targets x L) and the adapters' moments (8A)."""
+  from launch import plan
+  from tests import train_config_tiny
+
+  def parts(rank):
+    c = train_config_tiny.get_config()
+    c.learner.kl_coef, c.lora.rank = 0.1, rank  # a KL term: full fine-tuning keeps a reference copy
+    return plan.state_bytes(c)
+
+  cfg = models.preset("tiny")
+  n, a, layers = cfg.num_params(), models.lora.num_params(cfg, models.LoraConfig(rank=8)), cfg.num_layers
+  assert parts(0) == {"params": 4 * n, "optimizer": 8 * n + 4, "reference": 4 * n, "critic": 0}
+  assert parts(8) == {"params": 2 * n + 4 * a + 4 * 7 * layers, "optimizer": 8 * a + 4, "reference": 0,
+                      "critic": 0}
