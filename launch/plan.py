@@ -10,7 +10,9 @@ executables. Exits non-zero, saying what to change, when that does not fit --hbm
 the devices this process sees. --config.model takes the shape-only presets (qwen2.5-0.5b/1.5b/3b/7b,
 llama-3.1-8b), an HF folder (only config.json is read), or anything models.load takes. Temporaries are
 those of the backend that compiles (XLA:CPU when simulated): a guide for GPU/TPU, not a measurement.
-The update is planned in the free-text (generate) layout whatever rollout.mode says.
+The update is planned in the free-text (generate) layout whatever rollout.mode says. With --config.lora.rank
+the plan is a LoRA run's: the frozen base in the compute dtype (also the reference), float32 adapters and
+their moments, the once-per-iteration merge as a phase, and rollout on the merged weights.
 """
 
 from __future__ import annotations
