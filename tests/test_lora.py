@@ -111,6 +111,18 @@ def test_merge_is_w_plus_scaled_a_b_on_the_targets_only(case):
   np.testing.assert_array_equal(merged["embed"]["embedding"], base["embed"]["embedding"])
 
 
+def test_jitted_merge_equals_the_traced_merge_and_shares_every_other_leaf(case):
+  # lora.merged (what a rollout decodes on) is jitted and merges one layer at a time.
+  cfg, lora_cfg, base, adapters = case
+  attached = lora.attach(base, adapters, lora_cfg)
+  merged = lora.merged(attached)
+  jax.tree.map(np.testing.assert_array_equal, merged, lora.merge_attached(attached))
+  assert merged["embed"]["embedding"] is base["embed"]["embedding"]
+  untouched = set(lora.kernel_shapes(cfg)) - set(lora_cfg.modules)
+  assert all(merged["layers"][n]["kernel"] is base["layers"][n]["kernel"] for n in untouched)
+  assert lora.merged(base) is base
+
+
 def test_adapters_decode_through_the_kv_cache_as_the_merged_model(case):
   cfg, lora_cfg, base, adapters = case
   tokens = _tokens(cfg, 2, 8)
@@ -307,9 +319,25 @@ def test_lora_training_run_moves_only_the_adapters_and_checkpoints_them_alone(tm
 
 @pytest.mark.slow
 def test_lora_grpo_after_sft_raises_held_in_success_on_babyai(tmp_path):
-  """The full fine-tune's test (tests/test_rl_learning.py, GRPO: 0.300 -> 0.362 held-in) with LoRA adapters
-  (rank 16 on all projections, lr 2e-3) trained on the SFT warm-started model. Not yet run to the end: its
-  SFT alone took ~1 h on the shared 2-core machine; the thresholds are the full fine-tune's."""
+  """The full fine-tune's test (tests/test_rl_learning.py, GRPO, one seed: 0.300 -> 0.362 held-in, training
+  0.21 -> 0.54) with LoRA adapters (rank 16 on all projections, alpha 32, lr 2e-3) trained on the SFT
+  warm-started model; the thresholds are that test's one-seed ones, set before this run.
+
+  Noise (as in tests/test_estimators_learning.py): the held-in gain compares 200 episodes with 200, standard
+  error <= sqrt(2 * 0.25 / 200) = 0.05, so +0.05 is one standard error (a run that did not learn passes ~16%
+  of the time); the training rise compares 3 x 16 episodes with 3 x 16, s.e. <= 0.10, so +0.2 is two.
+
+  Measured once (commit 2caea5e, seed 0, the shared 2-core CPU at load ~3, 46 min wall: SFT 24 min, RL 9 min):
+  held-in success 0.430 -> 0.430; training success per iteration 0.25 0.25 0.38 0.31 0.50 0.38 0.31 0.50
+  (first 3: 0.29, last 3: 0.40, rise 0.10). The test FAILS both margins; the base stayed bit-identical (that
+  assertion passed). What the log shows: the update works mechanically (sampler/learner log-prob mismatch
+  0.0 every iteration: the merged-weights rollout and the attached learner agree; grad norm 0.39 -> 2.7), and
+  the adapters move the policy a lot: its entropy fell 1.49 -> 0.43 over the 8 Adam steps (one per
+  iteration) without a matching rise in success. Not established: whether lr 2e-3 collapses the policy too
+  early, or whether the full fine-tune learns from this same warm start at this commit (its rise of 0.33 is
+  one run at an older commit, 1.6 standard errors of a difference from this run's 0.10). Not tuned after the
+  fact; next: the full fine-tune and this run side by side from one warm start, over test_rl_learning's 3
+  seeds."""
   import dataclasses
 
   from agentgen_jax import agent, logs, rl_loop, tasks
