@@ -120,91 +120,70 @@ def token_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dict
   return out
 
 
-def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None,
-                 max_turns: int | None = None, max_candidates: int | None = None) -> dict[str, np.ndarray]:
-  """The choose-mode rows: episode tokens plus the unchosen candidates packed after them as a tree.
+def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dict[str, np.ndarray]:
+  """The choose-mode rows: the episode tokens (the context: prompt, observations, chosen actions) and each
+  turn's unchosen candidates as branches off it, for models.forward_branches.
 
-  tokens/positions/valid/pred_pos/cand_id [B, T] and attn_mask [B, T, T] (each candidate token sees its
-  context and its own earlier tokens; pred_pos = the index whose logits predict it; cand_id = its
-  candidate, -1 for context); cand_turn [B, C] (the turn of each candidate), chosen/state_pos [B, K] (the
-  chosen candidate and the last context token of each turn); old_logprobs, rewards, unit_mask [B, K] per
-  turn; last_pos [B] = the last token of the main sequence.
+  A turn's candidates form a trie whose chosen path is the context itself: a candidate sharing its first m
+  tokens with the chosen one branches off after them, candidates sharing a prefix share its branch tokens,
+  and a token only enters the forward if it predicts another (last tokens are scored, never run).
+  - tokens/positions/valid [B, T]: the context, positions 0..n-1 (causal attention).
+  - branch_tokens/branch_positions/branch_context [B, N] and branch_mask [B, S, G, G] (N = S * G): branch
+    tokens packed by subtree into segments of G; each sees the context's first branch_context tokens and
+    its trie ancestors in its segment (models.Branches).
+  - node_pred/node_token [B, M]: every scored trie node (a candidate token) and the index, in the [T + N]
+    forward output, whose logits predict it.
+  - cand_path [B, C, P]: each candidate's scored nodes (-1 pad): its score is the sum of their log-probs;
+    cand_turn [B, C] (-1 pad); chosen/state_pos [B, K] (the chosen candidate and the last context token
+    before each turn); old_logprobs, rewards, unit_mask [B, K] per turn; last_pos [B] = n - 1.
   """
-  rows = []
-  for ep in episodes:
-    tokens = list(ep.tokens)
-    positions = list(range(len(tokens)))
-    parent = list(range(-1, len(tokens) - 1))      # index whose logits predict this token
-    cand_id = [-1] * len(tokens)
-    cand_turn, chosen, state_pos, unit_lp, unit_rewards = [], [], [], [], []
-    # Agent turns in the main sequence, in order: (start, end) of each.
-    spans, start = [], None
-    for i, m in enumerate(ep.loss_mask + [0]):
-      if m and start is None:
-        start = i
-      if not m and start is not None:
-        spans.append((start, i))
-        start = None
-    extra = []
-    for k, ((cands, choice, lp), (s, e)) in enumerate(zip(ep.choices, spans)):
-      state_pos.append(s - 1)
-      chosen.append(len(cand_turn) + choice)
-      unit_lp.append(lp)
-      unit_rewards.append(ep.rewards[e - 1])
-      for c, cand in enumerate(cands):
-        cid = len(cand_turn)
-        cand_turn.append(k)
-        if c == choice:
-          for i in range(s, e):
-            cand_id[i] = cid
-        else:
-          extra.append((cid, cand, s))
-    seq_tokens, seq_pos, seq_parent, seq_cand = tokens, positions, parent, cand_id
-    branch_of = [-1] * len(tokens)  # -1: main sequence; else the start index (context end) of a branch
-    for cid, cand, s in extra:
-      base = len(seq_tokens)
-      for j, tok in enumerate(cand):
-        seq_tokens.append(tok)
-        seq_pos.append(s + j)
-        seq_parent.append(s - 1 if j == 0 else base + j - 1)
-        seq_cand.append(cid)
-        branch_of.append(s)
-    rows.append(dict(tokens=seq_tokens, positions=seq_pos, pred_pos=seq_parent, cand_id=seq_cand,
-                     branch=branch_of, cand_turn=cand_turn, chosen=chosen, state_pos=state_pos,
-                     unit_lp=unit_lp, unit_rewards=unit_rewards))
+  rows = [_choice_row(ep) for ep in episodes]
   b = len(rows)
-  t = seq_len or sampling.bucket(max(len(r["tokens"]) for r in rows))
-  # Bucketed like the length, so that the jitted update sees a handful of shapes (one compile each).
-  c = max_candidates or sampling.bucket(max(max(len(r["cand_turn"]) for r in rows), 1), minimum=16)
-  k = max_turns or sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
+  t = seq_len or sampling.bucket(max(len(ep.tokens) for ep in episodes))
+  g = sampling.bucket(max([len(c) for r in rows for c in r["components"]] + [1]))
+  segments = [_pack(r["components"], g) for r in rows]
+  # Every size bucketed, so that the jitted update sees a handful of shapes (one compile each).
+  s = sampling.bucket(max(max(len(seg) for seg in segments), 1), minimum=1)
+  m = sampling.bucket(max(len(r["nodes"]) for r in rows))
+  c = sampling.bucket(max(max(len(r["paths"]) for r in rows), 1), minimum=16)
+  p = sampling.bucket(max([len(path) for r in rows for path in r["paths"]] + [1]), minimum=8)
+  k = sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
   out = {"tokens": np.zeros((b, t), np.int32), "positions": np.zeros((b, t), np.int32),
-         "valid": np.zeros((b, t), bool), "pred_pos": np.zeros((b, t), np.int32),
-         "cand_id": np.full((b, t), -1, np.int32), "attn_mask": np.zeros((b, t, t), bool),
-         "cand_turn": np.full((b, c), -1, np.int32), "chosen": np.full((b, k), -1, np.int32),
-         "state_pos": np.zeros((b, k), np.int32), "old_logprobs": np.zeros((b, k), np.float32),
-         "rewards": np.zeros((b, k), np.float32), "unit_mask": np.zeros((b, k), np.float32)}
-  for row, r in enumerate(rows):
-    n = len(r["tokens"])
+         "valid": np.zeros((b, t), bool), "branch_tokens": np.zeros((b, s * g), np.int32),
+         "branch_positions": np.zeros((b, s * g), np.int32), "branch_context": np.ones((b, s * g), np.int32),
+         "branch_mask": np.broadcast_to(np.eye(g, dtype=bool), (b, s, g, g)).copy(),
+         "node_pred": np.zeros((b, m), np.int32), "node_token": np.zeros((b, m), np.int32),
+         "cand_path": np.full((b, c, p), -1, np.int32), "cand_turn": np.full((b, c), -1, np.int32),
+         "chosen": np.full((b, k), -1, np.int32), "state_pos": np.zeros((b, k), np.int32),
+         "old_logprobs": np.zeros((b, k), np.float32), "rewards": np.zeros((b, k), np.float32),
+         "unit_mask": np.zeros((b, k), np.float32)}
+  for row, (ep, r, segs) in enumerate(zip(episodes, rows, segments)):
+    n = len(ep.tokens)
     if n > t:
       raise ValueError(f"choice batch row of {n} tokens exceeds seq_len={t}")
-    out["tokens"][row, :n] = r["tokens"]
-    out["positions"][row, :n] = r["positions"]
+    out["tokens"][row, :n] = ep.tokens
+    out["positions"][row, :n] = np.arange(n)
     out["valid"][row, :n] = True
-    out["pred_pos"][row, :n] = np.maximum(r["pred_pos"], 0)
-    out["cand_id"][row, :n] = r["cand_id"]
-    branch = np.asarray(r["branch"])
-    idx = np.arange(n)
-    main = branch < 0
-    # Main tokens see earlier main tokens; a branch token sees the main context before its branch point
-    # and the earlier tokens of its own candidate.
-    same_cand = (np.asarray(r["cand_id"])[:, None] == np.asarray(r["cand_id"])[None, :])
-    mask = np.zeros((n, n), bool)
-    mask[np.ix_(main, main)] = np.tril(np.ones((main.sum(), main.sum()), bool))
-    for q in np.nonzero(~main)[0]:
-      mask[q, :branch[q]] = True
-      mask[q] |= (~main) & same_cand[q] & (idx <= q)
-    out["attn_mask"][row, :n, :n] = mask
-    nc, nk = len(r["cand_turn"]), len(r["chosen"])
+    slot = {}  # branch input -> its index in the [T + N] forward output
+    for si, seg in enumerate(segs):
+      for oi, node in enumerate(seg):
+        slot[node] = t + si * g + oi
+        token, position, context, _ = r["inputs"][node]
+        out["branch_tokens"][row, si * g + oi] = token
+        out["branch_positions"][row, si * g + oi] = position
+        out["branch_context"][row, si * g + oi] = context
+      local = {node: oi for oi, node in enumerate(seg)}
+      for oi, node in enumerate(seg):
+        ancestor = node
+        while ancestor is not None:  # itself and its branch ancestors (all in this segment)
+          out["branch_mask"][row, si, oi, local[ancestor]] = True
+          ancestor = r["inputs"][ancestor][3]
+    for j, (pred, token) in enumerate(r["nodes"]):
+      out["node_pred"][row, j] = pred if isinstance(pred, int) else slot[pred[1]]
+      out["node_token"][row, j] = token
+    for ci, path in enumerate(r["paths"]):
+      out["cand_path"][row, ci, :len(path)] = path
+    nc, nk = len(r["paths"]), len(r["chosen"])
     out["cand_turn"][row, :nc] = r["cand_turn"]
     out["chosen"][row, :nk] = r["chosen"]
     out["state_pos"][row, :nk] = r["state_pos"]
@@ -214,3 +193,87 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None,
   out["group_ids"] = group_ids(episodes)
   out["last_pos"] = np.array([len(ep.tokens) - 1 for ep in episodes], np.int32)
   return out
+
+
+def _agent_spans(loss_mask) -> list[tuple[int, int]]:
+  """(start, end) of each run of agent tokens, in order."""
+  spans, start = [], None
+  for i, m in enumerate(list(loss_mask) + [0]):
+    if m and start is None:
+      start = i
+    if not m and start is not None:
+      spans.append((start, i))
+      start = None
+  return spans
+
+
+def _choice_row(ep: Episode) -> dict:
+  """One episode's candidate tries. nodes: (predictor, token) per scored candidate token, the predictor a
+  context index or ("branch", input id); inputs: per branch input (token, position, context length, parent
+  input id or None); components: the inputs of each branch subtree (parents first); paths: each
+  candidate's node indices."""
+  nodes, inputs, paths, cand_turn, chosen, state_pos, unit_lp, unit_rewards = [], [], [], [], [], [], [], []
+  children: dict[int, list[int]] = {}  # branch input -> its branch-input children
+  for k, ((cands, choice, lp), (s, e)) in enumerate(zip(ep.choices, _agent_spans(ep.loss_mask))):
+    state_pos.append(s - 1)
+    chosen.append(len(paths) + choice)
+    unit_lp.append(lp)
+    unit_rewards.append(ep.rewards[e - 1])
+    # The turn's trie: prefix -> node (index into `nodes`); the chosen candidate's tokens are the
+    # context's [s, e), the others' new tokens branch off it.
+    trie = {tuple(cands[choice][:j + 1]): s + j for j in range(len(cands[choice]))}  # context nodes
+    parent_of, token_of, depth_of = {}, {}, {}
+    for cand in cands:
+      for j in range(len(cand)):
+        key = tuple(cand[:j + 1])
+        if key not in trie:
+          trie[key] = ("branch", len(token_of))
+          parent_of[key], token_of[key], depth_of[key] = trie.get(key[:-1], s - 1), cand[j], j
+    # A branch token is run through the model only if it predicts another: then it is an input, seeing
+    # the context up to its branch point and its branch ancestors.
+    has_child = {parent_of[key] for key in parent_of}
+    input_of, index_of = {}, {}
+    for key in token_of:  # parents before children (insertion order)
+      parent = parent_of[key]
+      if trie[key] in has_child:
+        up = input_of.get(parent)
+        context = inputs[up][2] if up is not None else parent + 1
+        input_of[trie[key]] = len(inputs)
+        inputs.append((token_of[key], s + depth_of[key], context, up))
+        if up is not None:
+          children.setdefault(up, []).append(input_of[trie[key]])
+      index_of[key] = len(nodes)
+      nodes.append((("branch", input_of[parent]) if parent in input_of else parent, token_of[key]))
+    for j, tok in enumerate(cands[choice]):
+      index_of[tuple(cands[choice][:j + 1])] = len(nodes)
+      nodes.append((s + j - 1, tok))
+    for cand in cands:
+      paths.append([index_of[tuple(cand[:j + 1])] for j in range(len(cand))])
+      cand_turn.append(k)
+  roots = [i for i, inp in enumerate(inputs) if inp[3] is None]
+  return dict(nodes=nodes, inputs=inputs, paths=paths, cand_turn=cand_turn, chosen=chosen,
+              state_pos=state_pos, unit_lp=unit_lp, unit_rewards=unit_rewards,
+              components=[_subtree(root, children) for root in roots])
+
+
+def _subtree(root: int, children: dict[int, list[int]]) -> list[int]:
+  """The branch inputs under `root` (itself first, every parent before its children)."""
+  out, stack = [], [root]
+  while stack:
+    node = stack.pop()
+    out.append(node)
+    stack += children.get(node, [])
+  return out
+
+
+def _pack(components: list[list[int]], size: int) -> list[list[int]]:
+  """Components (each at most `size` inputs) packed first-fit, largest first, into segments of `size`."""
+  segments: list[list[int]] = []
+  for comp in sorted(components, key=len, reverse=True):
+    for seg in segments:
+      if len(seg) + len(comp) <= size:
+        seg += comp
+        break
+    else:
+      segments.append(list(comp))
+  return segments
