@@ -121,12 +121,12 @@ class Block(nn.Module):
   Attention reads only the cache's first `window` slots (a static size: the live part, so that a step's cost
   follows the tokens in the cache, not its capacity). With append=False the new keys are not written: they
   are attended after the window (scoring continuations of a shared prefix without touching the cache).
-  With `segment` (no cache), x is a context followed by branches in segments of that many tokens and
-  `mask` the triple of _attend_branches."""
+  With `branches` (no cache), x is a context followed by branch tokens and `mask` the triple of
+  _attend_branches."""
   cfg: ModelConfig
   window: int | None = None
   append: bool = True
-  segment: int | None = None
+  branches: bool = False
 
   @nn.compact
   def __call__(self, carry, layer, rope, mask, index):
@@ -156,8 +156,8 @@ class Block(nn.Module):
       if not self.append:
         k_all = jnp.concatenate([k_all, k.astype(k_all.dtype)], axis=2)
         v_all = jnp.concatenate([v_all, v.astype(v_all.dtype)], axis=2)
-    if self.segment:
-      out = _attend_branches(q, k_all, v_all, mask, self.segment, cfg.dtype)
+    if self.branches:
+      out = _attend_branches(q, k_all, v_all, mask, cfg.dtype)
     else:
       out = _attend(q, k_all, v_all, mask, cfg.dtype)
     x = x + _dense(cfg, cfg.hidden_size, "o_proj", cfg.o_bias)(out)
@@ -182,42 +182,38 @@ def _attend(q, k, v, mask, dtype):
   return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
 
 
-def _attend_branches(q, k, v, masks, segment: int, dtype):
-  """Attention over a context of T tokens followed by N branch tokens in N / segment segments.
+def _attend_branches(q, k, v, masks, dtype):
+  """Attention over a context of T tokens followed by N branch tokens.
 
   q [B, T + N, H, Dh]; k, v [B, Hkv, T + N, Dh]; masks = (context [B, T, T], branch_context [B, N, T],
-  branch_local [B, N / segment, segment, segment]). Context queries see context keys; a branch query sees
-  context keys (branch_context) and keys of its own segment (branch_local), under one softmax: the cost
-  is N x (T + segment) scores, not (T + N)^2. -> [B, T + N, H * Dh].
+  ancestors [B, N, A]: the branch indices a branch token sees besides the context, -1 pad). Context
+  queries see context keys; a branch query sees context keys (branch_context) and its A ancestors' keys
+  (gathered), under one softmax: N x (T + A) scores, not (T + N)^2. -> [B, T + N, H * Dh].
   """
-  context, branch_context, local = masks
+  context, branch_context, ancestors = masks
   b, n_all, h, dh = q.shape
   t = context.shape[1]
   n, kv = n_all - t, k.shape[1]
-  g, s = h // kv, (n_all - t) // segment
+  g = h // kv
   out_ctx = _attend(q[:, :t], k[:, :, :t], v[:, :, :t], context, dtype)
-  # Branch queries as [B, Hkv, S, g * segment, Dh]: the matmuls batch over (B, Hkv[, S]).
-  qb = q[:, t:].reshape(b, s, segment, kv, g, dh).transpose(0, 3, 1, 4, 2, 5)
-  qb = qb.reshape(b, kv, s, g * segment, dh)
+  # Branch queries as [B, Hkv, g * N, Dh]: the context matmuls batch over (B, Hkv).
+  qb = q[:, t:].reshape(b, n, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * n, dh)
   k_ctx, v_ctx = k[:, :, :t].astype(q.dtype), v[:, :, :t].astype(dtype)
-  k_loc = k[:, :, t:].reshape(b, kv, s, segment, dh).astype(q.dtype)
-  v_loc = v[:, :, t:].reshape(b, kv, s, segment, dh).astype(dtype)
+  gather = jax.vmap(lambda x, i: x[:, i])  # [Hkv, N, Dh], [N, A] -> [Hkv, N, A, Dh]
+  idx = jnp.clip(ancestors, 0, n - 1)
+  k_anc, v_anc = gather(k[:, :, t:].astype(q.dtype), idx), gather(v[:, :, t:].astype(dtype), idx)
   scale = 1.0 / math.sqrt(dh)
-  s_ctx = jnp.einsum("bksqd,bkjd->bksqj", qb, k_ctx, preferred_element_type=jnp.float32) * scale
-  s_loc = jnp.einsum("bksqd,bksjd->bksqj", qb, k_loc, preferred_element_type=jnp.float32) * scale
-  # Masks [B, S, segment, keys] broadcast over (Hkv, g).
-  m_ctx = branch_context.reshape(b, s, 1, segment, t)
-  m_loc = local[:, :, None]
-  s_ctx = jnp.where(m_ctx[:, None], s_ctx.reshape(b, kv, s, g, segment, t), _MASKED)
-  s_loc = jnp.where(m_loc[:, None], s_loc.reshape(b, kv, s, g, segment, segment), _MASKED)
-  probs = jax.nn.softmax(jnp.concatenate([s_ctx, s_loc], axis=-1), axis=-1).astype(dtype)
-  p_ctx = probs[..., :t].reshape(b, kv, s, g * segment, t)
-  p_loc = probs[..., t:].reshape(b, kv, s, g * segment, segment)
-  out = (jnp.einsum("bksqj,bkjd->bksqd", p_ctx, v_ctx)
-         + jnp.einsum("bksqj,bksjd->bksqd", p_loc, v_loc))
-  out = out.reshape(b, kv, s, g, segment, dh).transpose(0, 2, 4, 1, 3, 5).reshape(b, n, h * dh)
+  s_ctx = jnp.einsum("bkqd,bkjd->bkqj", qb, k_ctx, preferred_element_type=jnp.float32) * scale
+  s_anc = jnp.einsum("bkgnd,bknad->bkgna", qb.reshape(b, kv, g, n, dh), k_anc,
+                     preferred_element_type=jnp.float32) * scale
+  s_ctx = jnp.where(branch_context[:, None, None], s_ctx.reshape(b, kv, g, n, t), _MASKED)
+  s_anc = jnp.where((ancestors >= 0)[:, None, None], s_anc, _MASKED)
+  probs = jax.nn.softmax(jnp.concatenate([s_ctx, s_anc], axis=-1), axis=-1).astype(dtype)
+  p_ctx = probs[..., :t].reshape(b, kv, g * n, t)
+  out = (jnp.einsum("bkqj,bkjd->bkqd", p_ctx, v_ctx).reshape(b, kv, g, n, dh)
+         + jnp.einsum("bkgna,bknad->bkgnd", probs[..., t:], v_anc))
+  out = out.transpose(0, 3, 1, 2, 4).reshape(b, n, h * dh)
   return jnp.concatenate([out_ctx, out], axis=1)
-
 
 def _remat(block, policy: str):
   """The layer under the config's remat policy (REMAT_POLICIES in models/config.py)."""
@@ -233,7 +229,7 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   window: int | None = None
   append: bool = True
-  segment: int | None = None
+  branches: bool = False
 
   @nn.compact
   def __call__(self, tokens, rope, mask, kv, index):
@@ -246,7 +242,7 @@ class Decoder(nn.Module):
                      split_rngs={"params": True, "dropout": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
     k_cache, v_cache = kv if kv is not None else (None, None)
-    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.segment, name="layers")(
+    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.branches, name="layers")(
         (x, k_cache, v_cache), jnp.arange(cfg.num_layers), rope, mask, index)
     hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
@@ -288,10 +284,10 @@ def _init(cfg: ModelConfig, rng):
 
 
 def _apply(cfg: ModelConfig, params: dict, *args, window: int | None = None, append: bool = True,
-           segment: int | None = None):
-  """Decoder(cfg, window, append, segment).apply on a param tree that may carry LoRA adapters under "lora"
+           branches: bool = False):
+  """Decoder(cfg, window, append, branches).apply on a param tree that may carry LoRA adapters under "lora"
   (models/lora.py attach): they go to the "lora" collection, their optional "rng" to the dropout stream."""
-  decoder = Decoder(cfg, window, append, segment)
+  decoder = Decoder(cfg, window, append, branches)
   if "lora" not in params:
     return decoder.apply({"params": params}, *args)
   params = dict(params)
@@ -343,15 +339,15 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
 
 
 class Branches(NamedTuple):
-  """Continuations of a context scored without copying it (models.forward_branches), [B, N] each but mask.
+  """Continuations of a context scored without copying it (models.forward_branches), [B, N] each.
 
-  Branch token n sits at RoPE position positions[b, n], sees the context's first context[b, n] tokens and,
-  within its segment (N = S * segment tokens), the tokens mask[b, s, i, j] allows (its own earlier tokens).
+  Branch token n sits at RoPE position positions[b, n] and sees the context's first context[b, n] tokens
+  and the branch tokens ancestors[b, n, :] (its own earlier tokens and itself; -1 pad).
   """
   tokens: jax.Array     # [B, N] int32
   positions: jax.Array  # [B, N] int32
   context: jax.Array    # [B, N] int32
-  mask: jax.Array       # [B, S, segment, segment] bool
+  ancestors: jax.Array  # [B, N, A] int32
 
 
 def forward_branches(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
@@ -359,17 +355,15 @@ def forward_branches(cfg: ModelConfig, params: dict, tokens: jax.Array, position
   """The context tokens [B, T] under the causal mask, and `branches` continuing it, in one pass over the
   layers: hidden [B, T + N, D] f32 (final-norm output; models.lm_head gives the logits of chosen rows).
   Context outputs equal forward(tokens, positions, valid)'s; a branch token's equal those of a forward of
-  the sequence it continues (the visible context, then its own earlier tokens)."""
-  b, t = tokens.shape
-  segment = branches.mask.shape[-1]
+  the sequence it continues (the visible context, then its ancestors)."""
+  t = tokens.shape[1]
   context = jnp.tril(jnp.ones((t, t), bool))[None] & valid.astype(bool)[:, None, :]
   branch_context = jnp.arange(t)[None, None, :] < branches.context[..., None]
   rope = _rope_tables(cfg, jnp.concatenate([positions, branches.positions], axis=1))
-  masks = (context, branch_context, branches.mask.astype(bool))
+  masks = (context, branch_context, branches.ancestors)
   _, hidden, _ = _apply(cfg, params, jnp.concatenate([tokens, branches.tokens], axis=1), rope, masks, None,
-                        jnp.int32(0), segment=segment)
+                        jnp.int32(0), branches=True)
   return hidden
-
 
 @functools.partial(jax.jit, static_argnums=0)
 def logits(cfg: ModelConfig, params: dict, token_ids: jax.Array) -> jax.Array:

@@ -128,9 +128,9 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
   tokens with the chosen one branches off after them, candidates sharing a prefix share its branch tokens,
   and a token only enters the forward if it predicts another (last tokens are scored, never run).
   - tokens/positions/valid [B, T]: the context, positions 0..n-1 (causal attention).
-  - branch_tokens/branch_positions/branch_context [B, N] and branch_mask [B, S, G, G] (N = S * G): branch
-    tokens packed by subtree into segments of G; each sees the context's first branch_context tokens and
-    its trie ancestors in its segment (models.Branches).
+  - branch_tokens/branch_positions/branch_context [B, N] and branch_ancestors [B, N, A]: the branch tokens
+    that enter the forward; each sees the context's first branch_context tokens and the branch tokens
+    branch_ancestors lists (its trie ancestors and itself; models.Branches).
   - node_pred/node_token [B, M]: every scored trie node (a candidate token) and the index, in the [T + N]
     forward output, whose logits predict it.
   - cand_path [B, C, P]: each candidate's scored nodes (-1 pad): its score is the sum of their log-probs;
@@ -140,46 +140,36 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
   rows = [_choice_row(ep) for ep in episodes]
   b = len(rows)
   t = seq_len or sampling.bucket(max(len(ep.tokens) for ep in episodes))
-  g = sampling.bucket(max([len(c) for r in rows for c in r["components"]] + [1]))
-  segments = [_pack(r["components"], g) for r in rows]
   # Every size bucketed, so that the jitted update sees a handful of shapes (one compile each).
-  s = sampling.bucket(max(max(len(seg) for seg in segments), 1), minimum=1)
+  n_in = sampling.bucket(max(max(len(r["inputs"]) for r in rows), 1))
+  a = sampling.bucket(max([len(chain) for r in rows for chain in r["ancestors"]] + [1]), minimum=8)
   m = sampling.bucket(max(len(r["nodes"]) for r in rows))
   c = sampling.bucket(max(max(len(r["paths"]) for r in rows), 1), minimum=16)
   p = sampling.bucket(max([len(path) for r in rows for path in r["paths"]] + [1]), minimum=8)
   k = sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
   out = {"tokens": np.zeros((b, t), np.int32), "positions": np.zeros((b, t), np.int32),
-         "valid": np.zeros((b, t), bool), "branch_tokens": np.zeros((b, s * g), np.int32),
-         "branch_positions": np.zeros((b, s * g), np.int32), "branch_context": np.ones((b, s * g), np.int32),
-         "branch_mask": np.broadcast_to(np.eye(g, dtype=bool), (b, s, g, g)).copy(),
+         "valid": np.zeros((b, t), bool), "branch_tokens": np.zeros((b, n_in), np.int32),
+         "branch_positions": np.zeros((b, n_in), np.int32), "branch_context": np.ones((b, n_in), np.int32),
+         "branch_ancestors": np.full((b, n_in, a), -1, np.int32),
          "node_pred": np.zeros((b, m), np.int32), "node_token": np.zeros((b, m), np.int32),
          "cand_path": np.full((b, c, p), -1, np.int32), "cand_turn": np.full((b, c), -1, np.int32),
          "chosen": np.full((b, k), -1, np.int32), "state_pos": np.zeros((b, k), np.int32),
          "old_logprobs": np.zeros((b, k), np.float32), "rewards": np.zeros((b, k), np.float32),
          "unit_mask": np.zeros((b, k), np.float32)}
-  for row, (ep, r, segs) in enumerate(zip(episodes, rows, segments)):
+  for row, (ep, r) in enumerate(zip(episodes, rows)):
     n = len(ep.tokens)
     if n > t:
       raise ValueError(f"choice batch row of {n} tokens exceeds seq_len={t}")
     out["tokens"][row, :n] = ep.tokens
     out["positions"][row, :n] = np.arange(n)
     out["valid"][row, :n] = True
-    slot = {}  # branch input -> its index in the [T + N] forward output
-    for si, seg in enumerate(segs):
-      for oi, node in enumerate(seg):
-        slot[node] = t + si * g + oi
-        token, position, context, _ = r["inputs"][node]
-        out["branch_tokens"][row, si * g + oi] = token
-        out["branch_positions"][row, si * g + oi] = position
-        out["branch_context"][row, si * g + oi] = context
-      local = {node: oi for oi, node in enumerate(seg)}
-      for oi, node in enumerate(seg):
-        ancestor = node
-        while ancestor is not None:  # itself and its branch ancestors (all in this segment)
-          out["branch_mask"][row, si, oi, local[ancestor]] = True
-          ancestor = r["inputs"][ancestor][3]
+    for i, ((token, position, context, _), chain) in enumerate(zip(r["inputs"], r["ancestors"])):
+      out["branch_tokens"][row, i], out["branch_positions"][row, i] = token, position
+      out["branch_context"][row, i] = context
+      out["branch_ancestors"][row, i, :len(chain)] = chain
     for j, (pred, token) in enumerate(r["nodes"]):
-      out["node_pred"][row, j] = pred if isinstance(pred, int) else slot[pred[1]]
+      # Branch input i's output is row t + i of the [T + N] forward output.
+      out["node_pred"][row, j] = pred if isinstance(pred, int) else t + pred[1]
       out["node_token"][row, j] = token
     for ci, path in enumerate(r["paths"]):
       out["cand_path"][row, ci, :len(path)] = path
@@ -210,10 +200,9 @@ def _agent_spans(loss_mask) -> list[tuple[int, int]]:
 def _choice_row(ep: Episode) -> dict:
   """One episode's candidate tries. nodes: (predictor, token) per scored candidate token, the predictor a
   context index or ("branch", input id); inputs: per branch input (token, position, context length, parent
-  input id or None); components: the inputs of each branch subtree (parents first); paths: each
-  candidate's node indices."""
+  input id or None); ancestors: per branch input, itself and its branch ancestors; paths: each candidate's
+  node indices."""
   nodes, inputs, paths, cand_turn, chosen, state_pos, unit_lp, unit_rewards = [], [], [], [], [], [], [], []
-  children: dict[int, list[int]] = {}  # branch input -> its branch-input children
   for k, ((cands, choice, lp), (s, e)) in enumerate(zip(ep.choices, _agent_spans(ep.loss_mask))):
     state_pos.append(s - 1)
     chosen.append(len(paths) + choice)
@@ -240,8 +229,6 @@ def _choice_row(ep: Episode) -> dict:
         context = inputs[up][2] if up is not None else parent + 1
         input_of[trie[key]] = len(inputs)
         inputs.append((token_of[key], s + depth_of[key], context, up))
-        if up is not None:
-          children.setdefault(up, []).append(input_of[trie[key]])
       index_of[key] = len(nodes)
       nodes.append((("branch", input_of[parent]) if parent in input_of else parent, token_of[key]))
     for j, tok in enumerate(cands[choice]):
@@ -250,30 +237,9 @@ def _choice_row(ep: Episode) -> dict:
     for cand in cands:
       paths.append([index_of[tuple(cand[:j + 1])] for j in range(len(cand))])
       cand_turn.append(k)
-  roots = [i for i, inp in enumerate(inputs) if inp[3] is None]
+  ancestors = []
+  for inp in inputs:  # parents come first: extend the parent's chain
+    ancestors.append([len(ancestors)] + (ancestors[inp[3]] if inp[3] is not None else []))
   return dict(nodes=nodes, inputs=inputs, paths=paths, cand_turn=cand_turn, chosen=chosen,
-              state_pos=state_pos, unit_lp=unit_lp, unit_rewards=unit_rewards,
-              components=[_subtree(root, children) for root in roots])
+              state_pos=state_pos, unit_lp=unit_lp, unit_rewards=unit_rewards, ancestors=ancestors)
 
-
-def _subtree(root: int, children: dict[int, list[int]]) -> list[int]:
-  """The branch inputs under `root` (itself first, every parent before its children)."""
-  out, stack = [], [root]
-  while stack:
-    node = stack.pop()
-    out.append(node)
-    stack += children.get(node, [])
-  return out
-
-
-def _pack(components: list[list[int]], size: int) -> list[list[int]]:
-  """Components (each at most `size` inputs) packed first-fit, largest first, into segments of `size`."""
-  segments: list[list[int]] = []
-  for comp in sorted(components, key=len, reverse=True):
-    for seg in segments:
-      if len(seg) + len(comp) <= size:
-        seg += comp
-        break
-    else:
-      segments.append(list(comp))
-  return segments

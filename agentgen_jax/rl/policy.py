@@ -120,7 +120,7 @@ def choice_scores(score, cand_turn, chosen, temperature: float = 1.0):
 
 def _branches(batch) -> models.Branches:
   return models.Branches(batch["branch_tokens"], batch["branch_positions"], batch["branch_context"],
-                         batch["branch_mask"])
+                         batch["branch_ancestors"])
 
 
 def choose_units(model_cfg, params, batch, temperature: float = 1.0, critic: str = "none",
