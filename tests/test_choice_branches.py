@@ -5,6 +5,9 @@ per-candidate log-probs, choice log-probs, values, loss and gradients of the den
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +199,52 @@ def test_choice_logprobs_loss_and_gradients_equal_the_dense_formulation(pair):
   flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
   assert rel_err(flat(g_new), flat(g_ref)) < 1e-5
   assert np.abs(flat(g_ref)).max() > 0
+
+
+_SHARDED = textwrap.dedent("""
+  import json, sys
+  import jax, numpy as np
+  sys.path.insert(0, {tests!r})
+  from agentgen_jax import models, parallel
+  from agentgen_jax.rl import batch as rl_batch
+  from agentgen_jax.rl import learner
+  import test_choice_branches as tc
+  assert jax.device_count() == 4, jax.devices()
+  cfg = models.preset("tiny", num_layers=2)
+  lora_cfg = models.LoraConfig(rank=4)
+  base = models.init_params(cfg, 0)
+  params = models.lora.attach(base, models.lora.init(cfg, lora_cfg, jax.random.PRNGKey(1)), lora_cfg)
+  # eps 1: Adam near plain SGD, so that float noise on near-zero gradients is not normalised into steps.
+  lcfg = learner.LearnerConfig(lr=1.0, eps=1.0, max_grad_norm=1e6, critic="separate", kl_coef=0.1,
+                               micro_batch_size=4, mini_batch_size=8)
+  episodes = tc.real_episodes() + tc.real_episodes()
+  for ep in episodes:
+    ep.rewards[-1] = float(len(ep.tokens) % 2)
+  out = {{}}
+  for name, mesh in (("one", None), ("data:2,fsdp:2", parallel.mesh_from_spec("data:2,fsdp:2"))):
+    state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(0), mesh=mesh)
+    batch, metrics = rl_batch.learner_batch(episodes, state, cfg, lcfg, "choose", mesh=mesh)
+    update = learner.make_update(cfg, lcfg, "choose", mesh=mesh)
+    state, m = learner.train_epochs(update, state, batch, jax.random.PRNGKey(2), lcfg)
+    flat = lambda t: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(t)])
+    frozen0, adapters0 = models.lora.split(params)
+    out[name] = dict(params=flat(state.params).tolist(), critic=flat(state.critic_params).tolist(),
+                     loss=m["loss"], adapters_moved=float(np.abs(flat(state.params) - flat(adapters0)).max()),
+                     base_moved=float(np.abs(flat(state.frozen) - flat(frozen0)).max()))
+  print(json.dumps(out))
+""")
+
+
+@pytest.mark.slow  # minutes: a subprocess with 4 simulated devices, two compiles of the update
+def test_choose_update_with_lora_and_separate_critic_on_a_mesh_equals_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", _SHARDED.format(tests=os.path.join(root, "tests"))], env=env,
+                        capture_output=True, text=True, timeout=900, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  one, mesh = out["one"], out["data:2,fsdp:2"]
+  assert rel_err(mesh["params"], one["params"]) < 1e-5 and rel_err(mesh["critic"], one["critic"]) < 1e-5
+  assert abs(mesh["loss"] - one["loss"]) < 1e-5 * (abs(one["loss"]) + 1e-3)
+  assert one["base_moved"] == 0.0 and mesh["base_moved"] == 0.0  # LoRA trains the adapters only
+  assert one["adapters_moved"] > 0 and np.isfinite(one["loss"])

@@ -122,9 +122,9 @@ def measure(trees: dict[str, str], quick: bool, repeats: int) -> tuple[dict, flo
   return out, rollout_s, facts
 
 
-def rows(out: dict, rollout_s: float, facts: dict, baseline: str | None, load) -> list[dict]:
+def rows(out: dict, rollout_s: float, facts: dict, baseline: str | None, load, quick: bool) -> list[dict]:
   median = lambda tree, mode: statistics.median(out[tree]["runs"][mode])
-  c = config(False)
+  c = config(quick)
   setup = (f"tiny model (untrained) float32, textcraft easy, study_cross_env_small's TextCraft stage: "
            f"{c.tasks_per_iteration} tasks x group {c.group_size}, max_turns {c.rollout.max_turns}, "
            f"max_episode_tokens {c.rollout.max_episode_tokens}, GRPO, micro-batch "
@@ -162,21 +162,14 @@ def compare(baseline: str, quick: bool = False, repeats: int = 3) -> list[dict]:
   commit = subprocess.run(["git", "rev-parse", "--short", baseline], cwd=root, capture_output=True,
                           text=True, check=True).stdout.strip()
   load = [os.getloadavg()[0]]
-  with tempfile.TemporaryDirectory() as tmp:
-    tree = os.path.join(tmp, "baseline")
-    subprocess.run(["git", "worktree", "add", "--detach", tree, baseline], cwd=root, check=True,
-                   capture_output=True)
-    try:
-      out, rollout_s, facts = measure({"current": root, "baseline": tree}, quick, repeats)
-    finally:
-      subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root, check=False,
-                     capture_output=True)
+  with e2e.worktree(root, baseline) as tree:
+    out, rollout_s, facts = measure({"current": root, "baseline": tree}, quick, repeats)
   load.append(os.getloadavg()[0])
-  return rows(out, rollout_s, facts, commit, load)
+  return rows(out, rollout_s, facts, commit, load, quick)
 
 
 def run(quick: bool, repeats: int = 3) -> list[dict]:
   load = [os.getloadavg()[0]]
   out, rollout_s, facts = measure({"current": e2e._repo_root()}, quick, repeats)
   load.append(os.getloadavg()[0])
-  return rows(out, rollout_s, facts, None, load)
+  return rows(out, rollout_s, facts, None, load, quick)
