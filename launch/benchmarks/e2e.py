@@ -57,7 +57,8 @@ def settings(quick: bool) -> list[Setting]:
             Setting("tiny generate", "tiny", "generate", 1, 2, 2, 16),
             Setting("smollm2-135m generate", "smollm2-135m-instruct", "generate", 1, 2, 2, 16, timed=1)]
   # max_turns 4, not the quickstart's 10: the untrained policy plays every turn, and a choice batch packs
-  # every listed candidate of every turn; at 10 turns its [B, T, T] attention outgrew 17 GB of memory.
+  # every listed candidate of every turn; at 10 turns its [B, T, T] attention outgrew 17 GB of memory
+  # (before candidates were scored as branches off the context; kept for comparisons with a2df838).
   return [Setting("tiny choose", "tiny", "choose", 4, 4, 4, 48),
           Setting("tiny generate", "tiny", "generate", 4, 4, 4, 48),
           Setting("smollm2-135m generate", "smollm2-135m-instruct", "generate", 1, 2, 3, 32, timed=1,
