@@ -106,7 +106,8 @@ def branch_scores(cfg, params, batch):
   """(candidate scores [B, C], hidden [B, T, D]) of the branch layout (policy.choose_units' steps)."""
   hidden = models.forward_branches(cfg, params, batch["tokens"], batch["positions"], batch["valid"],
                                    policy._branches(batch))
-  node_logp = policy.node_logprobs(cfg, params, hidden, batch["node_pred"], batch["node_token"])
+  node_logp = policy.node_logprobs(cfg, params, hidden, batch["pred_rows"], batch["node_row"],
+                                   batch["node_token"])
   return policy.candidate_scores(node_logp, batch["cand_path"]), hidden[:, :batch["tokens"].shape[1]]
 
 

@@ -131,8 +131,9 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
   - branch_tokens/branch_positions/branch_context [B, N] and branch_ancestors [B, N, A]: the branch tokens
     that enter the forward; each sees the context's first branch_context tokens and the branch tokens
     branch_ancestors lists (its trie ancestors and itself; models.Branches).
-  - node_pred/node_token [B, M]: every scored trie node (a candidate token) and the index, in the [T + N]
-    forward output, whose logits predict it.
+  - pred_rows [B, R]: the rows of the [T + N] forward output whose logits predict a candidate token (each
+    once: siblings share their parent's); node_row/node_token [B, M]: every scored trie node (a candidate
+    token) and the pred_rows entry that predicts it.
   - cand_path [B, C, P]: each candidate's scored nodes (-1 pad): its score is the sum of their log-probs;
     cand_turn [B, C] (-1 pad); chosen/state_pos [B, K] (the chosen candidate and the last context token
     before each turn); old_logprobs, rewards, unit_mask [B, K] per turn; last_pos [B] = n - 1.
@@ -143,7 +144,9 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
   # Every size bucketed, so that the jitted update sees a handful of shapes (one compile each).
   n_in = sampling.bucket(max(max(len(r["inputs"]) for r in rows), 1))
   a = sampling.bucket(max([len(chain) for r in rows for chain in r["ancestors"]] + [1]), minimum=8)
+  preds = [_predictor_rows(r["nodes"], t) for r in rows]
   m = sampling.bucket(max(len(r["nodes"]) for r in rows))
+  n_pred = sampling.bucket(max(len(p[0]) for p in preds))
   c = sampling.bucket(max(max(len(r["paths"]) for r in rows), 1), minimum=16)
   p = sampling.bucket(max([len(path) for r in rows for path in r["paths"]] + [1]), minimum=8)
   k = sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
@@ -151,12 +154,13 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
          "valid": np.zeros((b, t), bool), "branch_tokens": np.zeros((b, n_in), np.int32),
          "branch_positions": np.zeros((b, n_in), np.int32), "branch_context": np.ones((b, n_in), np.int32),
          "branch_ancestors": np.full((b, n_in, a), -1, np.int32),
-         "node_pred": np.zeros((b, m), np.int32), "node_token": np.zeros((b, m), np.int32),
+         "pred_rows": np.zeros((b, n_pred), np.int32), "node_row": np.zeros((b, m), np.int32),
+         "node_token": np.zeros((b, m), np.int32),
          "cand_path": np.full((b, c, p), -1, np.int32), "cand_turn": np.full((b, c), -1, np.int32),
          "chosen": np.full((b, k), -1, np.int32), "state_pos": np.zeros((b, k), np.int32),
          "old_logprobs": np.zeros((b, k), np.float32), "rewards": np.zeros((b, k), np.float32),
          "unit_mask": np.zeros((b, k), np.float32)}
-  for row, (ep, r) in enumerate(zip(episodes, rows)):
+  for row, (ep, r, (pred_rows, node_row)) in enumerate(zip(episodes, rows, preds)):
     n = len(ep.tokens)
     if n > t:
       raise ValueError(f"choice batch row of {n} tokens exceeds seq_len={t}")
@@ -167,10 +171,9 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
       out["branch_tokens"][row, i], out["branch_positions"][row, i] = token, position
       out["branch_context"][row, i] = context
       out["branch_ancestors"][row, i, :len(chain)] = chain
-    for j, (pred, token) in enumerate(r["nodes"]):
-      # Branch input i's output is row t + i of the [T + N] forward output.
-      out["node_pred"][row, j] = pred if isinstance(pred, int) else t + pred[1]
-      out["node_token"][row, j] = token
+    out["pred_rows"][row, :len(pred_rows)] = pred_rows
+    out["node_row"][row, :len(node_row)] = node_row
+    out["node_token"][row, :len(node_row)] = [token for _, token in r["nodes"]]
     for ci, path in enumerate(r["paths"]):
       out["cand_path"][row, ci, :len(path)] = path
     nc, nk = len(r["paths"]), len(r["chosen"])
@@ -184,6 +187,14 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
   out["last_pos"] = np.array([len(ep.tokens) - 1 for ep in episodes], np.int32)
   return out
 
+
+
+def _predictor_rows(nodes, t: int) -> tuple[list[int], list[int]]:
+  """(the distinct predicting rows of the [T + N] forward output, each node's index among them); branch
+  input i's output is row t + i."""
+  rows: dict[int, int] = {}
+  node_row = [rows.setdefault(pred if isinstance(pred, int) else t + pred[1], len(rows)) for pred, _ in nodes]
+  return list(rows), node_row
 
 def _agent_spans(loss_mask) -> list[tuple[int, int]]:
   """(start, end) of each run of agent tokens, in order."""

@@ -196,7 +196,8 @@ def batch_keys(mode: str, lcfg: LearnerConfig, for_update: bool = True) -> tuple
     keys = ["tokens", "positions", "valid"]
   else:
     keys = ["tokens", "positions", "valid", "branch_tokens", "branch_positions", "branch_context",
-            "branch_ancestors", "node_pred", "node_token", "cand_path", "cand_turn", "chosen", "state_pos"]
+            "branch_ancestors", "pred_rows", "node_row", "node_token", "cand_path", "cand_turn", "chosen",
+            "state_pos"]
   keys.append(policy.unit_mask_key(mode))
   if for_update:
     keys += ["old_logprobs", "advantages"]

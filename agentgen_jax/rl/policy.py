@@ -80,13 +80,13 @@ def generate_units(model_cfg, params, batch, temperature: float = 1.0, critic: s
   return Units(logp, entropy, values, last)
 
 
-def node_logprobs(model_cfg, params, hidden, pred, tokens):
-  """logp[b, m] = log_softmax(logits at hidden[b, pred[b, m]])[tokens[b, m]]: the LM head runs on the [B, M]
-  predicting rows only, not on every position."""
-  h = jnp.take_along_axis(hidden, jnp.clip(pred, 0, hidden.shape[1] - 1)[..., None], axis=1)  # [B, M, D]
-  logits = models.lm_head(model_cfg, params, h)
-  picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(logits, axis=-1)
+def node_logprobs(model_cfg, params, hidden, pred_rows, node_row, tokens):
+  """logp[b, m] = log_softmax(logits at hidden[b, pred_rows[b, node_row[b, m]]])[tokens[b, m]]: the LM head
+  runs on the [B, R] predicting rows only (siblings share theirs), not on every position."""
+  h = jnp.take_along_axis(hidden, jnp.clip(pred_rows, 0, hidden.shape[1] - 1)[..., None], axis=1)
+  logits = models.lm_head(model_cfg, params, h)  # [B, R, V]
+  rows = jnp.arange(tokens.shape[0])[:, None]
+  return logits[rows, node_row, tokens] - jax.nn.logsumexp(logits, axis=-1)[rows, node_row]
 
 
 def candidate_scores(node_logp, cand_path):
@@ -135,7 +135,8 @@ def choose_units(model_cfg, params, batch, temperature: float = 1.0, critic: str
   t = batch["tokens"].shape[1]
   hidden = models.forward_branches(model_cfg, params, batch["tokens"], batch["positions"], batch["valid"],
                                    _branches(batch))
-  node_logp = node_logprobs(model_cfg, params, hidden, batch["node_pred"], batch["node_token"])
+  node_logp = node_logprobs(model_cfg, params, hidden, batch["pred_rows"], batch["node_row"],
+                            batch["node_token"])
   logp, entropy = choice_scores(candidate_scores(node_logp, batch["cand_path"]), batch["cand_turn"],
                                 batch["chosen"], temperature)
   values = last = None
