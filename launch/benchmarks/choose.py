@@ -1,6 +1,7 @@
 """Choose-mode learning against generate-mode learning on the same episodes: the cost per episode token of
-scoring every listed candidate (issue 12's target: at most 1.5x), and one TextCraft choose-mode GRPO
-iteration at launch/configs/study_cross_env_small.py's settings. `run(quick)` / `compare(baseline)` -> rows.
+scoring every listed candidate (issue 12's target: at most 1.5x), and one choose-mode GRPO iteration, at
+launch/configs/study_cross_env_small.py's settings for each of its envs (TextCraft lists ~14 candidates a
+turn, BabyAI ~6 short ones). `run(quick)` / `compare(baseline)` -> rows.
 
 The episodes are rolled out once (the untrained tiny model plays every turn: the largest batches); each tree
 then scores and trains on the very same episodes in a fresh process, in both modes (generate mode over the
@@ -58,24 +59,27 @@ print("CHOOSE_JSON " + json.dumps({"runs": runs, "shapes": shapes}))
 """
 
 
-def config(quick: bool):
-  """The TextCraft stage of launch/configs/study_cross_env_small.py (resolved), from the untrained tiny model
-  (the study warm-starts it by SFT; untrained, every episode lasts max_turns: the largest batches)."""
+ENVS = ("textcraft", "babyai")
+
+
+def config(quick: bool, env: str = "textcraft"):
+  """The `env` stage of launch/configs/study_cross_env_small.py (resolved), from the untrained tiny model
+  (the study warm-starts it by SFT; untrained, episodes run longest: the largest batches)."""
   from agentgen_jax import config as config_lib
   from launch.configs import study_cross_env_small, study_small
   c = study_cross_env_small.get_config()
-  c.envs = ("textcraft",)
+  c.envs = (env,)
   if quick:
     c = study_small.smoke(c)
   return config_lib.resolve(c)
 
 
-def rollout_episodes(quick: bool):
-  """(episodes, seconds) of one warm rollout of the TextCraft stage's iteration (after one that compiles)."""
+def rollout_episodes(quick: bool, env: str):
+  """(episodes, seconds) of one warm rollout of the `env` stage's iteration (after one that compiles)."""
   from agentgen_jax import agent as agent_lib
   from agentgen_jax import rollout
   from agentgen_jax.tasks import TaskStream, make_pool
-  c = config(quick)
+  c = config(quick, env)
   policy = agent_lib.from_config(c)
   with make_pool(c, c.envs) as pool:
     roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, c.rollout)
@@ -103,29 +107,31 @@ def _measure_tree(root: str, folder: str, repeats: int) -> dict:
   return json.loads(lines[-1][len("CHOOSE_JSON "):])
 
 
-def _row(metric, ours, reference=None, reference_name="", unit="s", target="", met=None, notes=""):
-  return {"group": "choose-mode learning vs generate mode (same TextCraft episodes)", "metric": metric,
+def _row(env, metric, ours, reference=None, reference_name="", unit="s", target="", met=None, notes=""):
+  name = {"textcraft": "TextCraft", "babyai": "BabyAI"}.get(env, env)
+  return {"group": f"choose-mode learning vs generate mode (same {name} episodes)", "metric": metric,
           "ours": ours, "reference": reference, "reference_name": reference_name, "unit": unit,
           "target": target, "met": met, "notes": notes}
 
 
-def measure(trees: dict[str, str], quick: bool, repeats: int) -> tuple[dict, float, dict]:
+def measure(trees: dict[str, str], quick: bool, repeats: int, env: str) -> tuple[dict, float, dict]:
   """({tree name: driver output}, rollout seconds, facts) for the named tree roots, on one episode set."""
-  episodes, rollout_s = rollout_episodes(quick)
+  episodes, rollout_s = rollout_episodes(quick, env)
   facts = {"episodes": len(episodes), "episode_tokens": sum(len(ep.tokens) for ep in episodes),
            "turns": sum(ep.turns for ep in episodes),
            "candidate_tokens": sum(len(c) for ep in episodes for cands, _, _ in ep.choices for c in cands)}
   with tempfile.TemporaryDirectory() as tmp:
     with open(os.path.join(tmp, "episodes.pkl"), "wb") as f:
-      pickle.dump((episodes, config(quick)), f)
+      pickle.dump((episodes, config(quick, env)), f)
     out = {name: _measure_tree(root, tmp, repeats) for name, root in trees.items()}
   return out, rollout_s, facts
 
 
-def rows(out: dict, rollout_s: float, facts: dict, baseline: str | None, load, quick: bool) -> list[dict]:
+def rows(out: dict, rollout_s: float, facts: dict, baseline: str | None, load, quick: bool,
+         env: str) -> list[dict]:
   median = lambda tree, mode: statistics.median(out[tree]["runs"][mode])
-  c = config(quick)
-  setup = (f"tiny model (untrained) float32, textcraft easy, study_cross_env_small's TextCraft stage: "
+  c = config(quick, env)
+  setup = (f"tiny model (untrained) float32, {env} easy, study_cross_env_small's {env} stage: "
            f"{c.tasks_per_iteration} tasks x group {c.group_size}, max_turns {c.rollout.max_turns}, "
            f"max_episode_tokens {c.rollout.max_episode_tokens}, GRPO, micro-batch "
            f"{c.learner.micro_batch_size}, mini-batch {c.learner.mini_batch_size}; {facts['episodes']} "
@@ -141,14 +147,15 @@ def rows(out: dict, rollout_s: float, facts: dict, baseline: str | None, load, q
   ref_ratio = ref("choose") / ref("generate") if baseline else None
   current = median("current", "choose")
   out_rows = [
-      _row("choose-mode learning (learner batch + GRPO update)", current, ref("choose"),
+      _row(env, "choose-mode learning (learner batch + GRPO update)", current, ref("choose"),
            ref_name, notes=setup),
-      _row("generate-mode learning, same episodes", median("current", "generate"), ref("generate"), ref_name),
-      _row("choose / generate learning cost per episode token", ratio, ref_ratio, ref_name, unit="x",
+      _row(env, "generate-mode learning, same episodes", median("current", "generate"), ref("generate"),
+           ref_name),
+      _row(env, "choose / generate learning cost per episode token", ratio, ref_ratio, ref_name, unit="x",
            target=f"<= {TARGET:g}", met=ratio <= TARGET,
            notes="both modes learn from the same episode tokens; choose mode also scores every unchosen "
                  "candidate" + (f"; the baseline's ratio is {ref_ratio:.2f}" if baseline else "")),
-      _row("TextCraft choose-mode GRPO iteration (rollout + learning)", rollout_s + current,
+      _row(env, "choose-mode GRPO iteration (rollout + learning)", rollout_s + current,
            rollout_s + ref("choose") if baseline else None, ref_name,
            notes=f"one warm rollout of this tree ({rollout_s:.1f} s; the rollout is the same code in both "
                  "trees) plus each tree's learn step; no checkpoint or records")]
@@ -161,15 +168,21 @@ def compare(baseline: str, quick: bool = False, repeats: int = 3) -> list[dict]:
   root = e2e._repo_root()
   commit = subprocess.run(["git", "rev-parse", "--short", baseline], cwd=root, capture_output=True,
                           text=True, check=True).stdout.strip()
-  load = [os.getloadavg()[0]]
+  out_rows = []
   with e2e.worktree(root, baseline) as tree:
-    out, rollout_s, facts = measure({"current": root, "baseline": tree}, quick, repeats)
-  load.append(os.getloadavg()[0])
-  return rows(out, rollout_s, facts, commit, load, quick)
+    for env in ENVS:
+      load = [os.getloadavg()[0]]
+      out, rollout_s, facts = measure({"current": root, "baseline": tree}, quick, repeats, env)
+      load.append(os.getloadavg()[0])
+      out_rows += rows(out, rollout_s, facts, commit, load, quick, env)
+  return out_rows
 
 
 def run(quick: bool, repeats: int = 3) -> list[dict]:
-  load = [os.getloadavg()[0]]
-  out, rollout_s, facts = measure({"current": e2e._repo_root()}, quick, repeats)
-  load.append(os.getloadavg()[0])
-  return rows(out, rollout_s, facts, None, load, quick)
+  out_rows = []
+  for env in ENVS:
+    load = [os.getloadavg()[0]]
+    out, rollout_s, facts = measure({"current": e2e._repo_root()}, quick, repeats, env)
+    load.append(os.getloadavg()[0])
+    out_rows += rows(out, rollout_s, facts, None, load, quick, env)
+  return out_rows
