@@ -138,7 +138,8 @@ def rows(out: dict, rollout_s: float, facts: dict, baseline: str | None, load, q
            f"episodes, {facts['turns']} turns, {facts['episode_tokens']} episode tokens, "
            f"{facts['candidate_tokens']} candidate tokens; medians of "
            f"{len(out['current']['runs']['choose'])} warm learn steps per mode, alternating; load average "
-           f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores shared with other jobs; choose batch shapes "
+           f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores shared with other jobs; choose batch "
+           "shapes "
            + ", ".join(f"{k} {v}" for k, v in out["current"]["shapes"]["choose"].items()
                        if k in ("tokens", "branch_tokens", "pred_rows", "node_token", "cand_path")))
   ref = (lambda mode: median("baseline", mode)) if baseline else (lambda mode: None)
