@@ -3,6 +3,7 @@ end-to-end training iteration. Writes docs/BENCHMARKS.md and docs/benchmarks.jso
 
   python -m launch.benchmark --suites=model,envs,e2e,cache
   python -m launch.benchmark --suites=e2e --baseline=a2df838   # this tree against a commit, side by side
+  python -m launch.benchmark --suites=choose --baseline=2caea5e   # choose vs generate learning, both trees
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from absl import app, flags
 
 from launch import validate
 
-SUITES = ("model", "envs", "e2e", "cache")
+SUITES = ("model", "envs", "e2e", "cache", "choose")
 _SUITES = flags.DEFINE_list("suites", list(SUITES), f"which benchmarks to run, of {SUITES}")
 _OUT = flags.DEFINE_string("out", "docs", "folder for BENCHMARKS.md and benchmarks.json")
 _QUICK = flags.DEFINE_bool("quick", False, "smaller sizes (a smoke run, not for reporting)")
 _BASELINE = flags.DEFINE_string(
-    "baseline", "", "a git commit: the e2e suite then also runs the tiny RL iteration of that commit (in a "
-    "temporary git worktree) alternating with this tree's, and reports both and their ratio")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "with --baseline: fresh processes per tree (medians reported)")
+    "baseline", "", "a git commit: the e2e and choose suites then also run the code of that commit (in a "
+    "temporary git worktree) alternating with this tree's, and report both and their ratio")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "with --baseline: fresh processes per tree (e2e) or warm learn steps per mode (choose); "
+    "medians reported")
 
 
 def machine() -> dict:
@@ -93,7 +96,7 @@ def main(argv):
   rows = []
   for suite in _SUITES.value:
     module = importlib.import_module(f"launch.benchmarks.{suite}")
-    if suite == "e2e" and _BASELINE.value:
+    if suite in ("e2e", "choose") and _BASELINE.value:
       rows += module.compare(_BASELINE.value, quick=_QUICK.value, repeats=_REPEATS.value)
     else:
       rows += module.run(quick=_QUICK.value)

@@ -14,6 +14,8 @@ import pytest
 
 from agentgen_jax import models
 from agentgen_jax.rl import advantages, learner, policy
+from agentgen_jax.rl import batch as rl_batch
+from agentgen_jax.rollout import Episode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,60 +62,23 @@ def param_delta(state, params0):
 # ---------------------------------------------------------------------------------------------------------
 # Choice mode: a packed tree of candidates must score each candidate as if it were forwarded on its own.
 
-def choice_batch(rows, pad_to=None):
-  """Packs episodes into the choose-mode layout.
+def choice_batch(rows):
+  """Packs episodes into the choose-mode layout (rl/batch.py choice_batch).
 
   rows: list of episodes; an episode is a list of turns (context tokens, candidates [token lists], chosen).
   Returns the batch dict and, per row, [(context prefix, candidate token lists, chosen)] for references.
   """
-  packed, refs = [], []
+  episodes, refs = [], []
   for turns in rows:
-    main, extra, cand_turn, chosen, state_pos, ref = [], [], [], [], [], []
-    for k, (ctx, cands, pick) in enumerate(turns):
-      main += [(tok, -1) for tok in ctx]
-      sp = len(main) - 1
-      state_pos.append(sp)
-      ref.append(([tok for tok, _ in main], cands, pick))
-      base = len(cand_turn)
-      cand_turn += [k] * len(cands)
-      chosen.append(base + pick)
-      main += [(tok, base + pick) for tok in cands[pick]]
-      extra += [(base + c, cand, sp) for c, cand in enumerate(cands) if c != pick]
-    packed.append((main, extra, cand_turn, chosen, state_pos))
+    ep, ref = Episode(env="babyai", task="t", max_turns=len(turns), messages=[]), []
+    for ctx, cands, pick in turns:
+      ep.add(ctx, agent=False)
+      ref.append((list(ep.tokens), cands, pick))
+      ep.add(cands[pick], agent=True)
+      ep.choices.append((cands, pick, 0.0))
+    episodes.append(ep)
     refs.append(ref)
-  t = pad_to or max(len(m) + sum(len(c) for _, c, _ in e) for m, e, *_ in packed)
-  c_max = max(len(p[2]) for p in packed)
-  k_max = max(len(p[3]) for p in packed)
-  b = len(rows)
-  out = dict(tokens=np.zeros((b, t), np.int32), positions=np.zeros((b, t), np.int32),
-             valid=np.zeros((b, t), bool), attn_mask=np.zeros((b, t, t), bool),
-             pred_pos=np.zeros((b, t), np.int32), cand_id=np.full((b, t), -1, np.int32),
-             cand_turn=np.full((b, c_max), -1, np.int32), chosen=np.full((b, k_max), -1, np.int32),
-             state_pos=np.zeros((b, k_max), np.int32), unit_mask=np.zeros((b, k_max), np.float32))
-  for i, (main, extra, cand_turn, chosen, state_pos) in enumerate(packed):
-    n = len(main)
-    for j, (tok, cid) in enumerate(main):
-      out["tokens"][i, j], out["cand_id"][i, j], out["positions"][i, j] = tok, cid, j
-      out["pred_pos"][i, j] = max(j - 1, 0)
-      out["attn_mask"][i, j, :j + 1] = True
-    out["valid"][i, :n] = True
-    pos = n
-    for cid, cand, sp in extra:
-      start = pos
-      for m, tok in enumerate(cand):
-        out["tokens"][i, pos], out["cand_id"][i, pos], out["valid"][i, pos] = tok, cid, True
-        out["positions"][i, pos] = sp + 1 + m
-        out["pred_pos"][i, pos] = sp if m == 0 else pos - 1
-        out["attn_mask"][i, pos, :sp + 1] = True
-        out["attn_mask"][i, pos, start:pos + 1] = True
-        pos += 1
-    for j in range(pos, t):
-      out["attn_mask"][i, j, j] = True  # padding sees itself only
-    out["cand_turn"][i, :len(cand_turn)] = cand_turn
-    out["chosen"][i, :len(chosen)] = chosen
-    out["state_pos"][i, :len(state_pos)] = state_pos
-    out["unit_mask"][i, :len(chosen)] = 1.0
-  return out, refs
+  return rl_batch.choice_batch(episodes), refs
 
 
 def random_episodes(seed, b=2, vocab=4096):
@@ -343,13 +308,14 @@ def test_choice_mode_ppo_with_separate_critic_moves_chosen_actions(tiny):
 
 
 def test_choice_scores_at_a_temperature_are_the_tempered_softmax_over_candidates():
-  # One row, two turns: candidates 0, 1 (turn 0) and 2, 3, 4 (turn 1); tokens 0-1 belong to candidate 0,
-  # 2 to candidate 1, 3-4 to candidate 2, 5 to candidate 3, 6 to candidate 4; turn 0 chose 1, turn 1 chose 2.
-  token_logp = np.array([[-1.0, -0.5, -2.0, -0.3, -0.2, -1.5, -0.1, 0.0]], np.float32)
-  cand_id = np.array([[0, 0, 1, 2, 2, 3, 4, -1]])
+  # One row, two turns: candidates 0, 1 (turn 0) and 2, 3, 4 (turn 1); nodes 0-1 are candidate 0's tokens,
+  # 2 candidate 1's, 3-4 candidate 2's, 5 candidate 3's, 6 candidate 4's; turn 0 chose 1, turn 1 chose 2.
+  node_logp = np.array([[-1.0, -0.5, -2.0, -0.3, -0.2, -1.5, -0.1, 0.0]], np.float32)
+  cand_path = np.array([[[0, 1], [2, -1], [3, 4], [5, -1], [6, -1]]])
   cand_turn, chosen = np.array([[0, 0, 1, 1, 1]]), np.array([[1, 2]])
   for temperature in (1.0, 0.7):
-    logp, ent = policy.choice_scores(token_logp, cand_id, cand_turn, chosen, temperature)
+    score = policy.candidate_scores(node_logp, cand_path)
+    logp, ent = policy.choice_scores(score, cand_turn, chosen, temperature)
     for k, (scores, pick) in enumerate([(np.array([-1.5, -2.0]), 1), (np.array([-0.5, -1.5, -0.1]), 0)]):
       z = scores / temperature
       log_pi = z - np.log(np.sum(np.exp(z - z.max()))) - z.max()

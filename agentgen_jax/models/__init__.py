@@ -6,7 +6,16 @@ from agentgen_jax.models import load as _load_module
 from agentgen_jax.models import lora, value
 from agentgen_jax.models.config import ModelConfig, preset
 from agentgen_jax.models.lora import LoraConfig
-from agentgen_jax.models.transformer import KVCache, forward, init_cache, init_params, lm_head, logits
+from agentgen_jax.models.transformer import (
+           Branches,
+           KVCache,
+           forward,
+           forward_branches,
+           init_cache,
+           init_params,
+           lm_head,
+           logits,
+)
 
 # The submodule `load` is shadowed on purpose: `models.load` is the function (the module stays importable
 # as agentgen_jax.models.load through sys.modules).
@@ -15,5 +24,6 @@ load_config = _load_module.load_config
 save_hf = _export.save_hf
 save_peft = _export.save_peft
 
-__all__ = ["KVCache", "LoraConfig", "ModelConfig", "forward", "init_cache", "init_params", "lm_head", "load",
-           "load_config", "logits", "lora", "preset", "save_hf", "save_peft", "value"]
+__all__ = ["Branches", "KVCache", "LoraConfig", "ModelConfig", "forward", "forward_branches", "init_cache",
+           "init_params", "lm_head", "load", "load_config", "logits", "lora", "preset", "save_hf",
+           "save_peft", "value"]

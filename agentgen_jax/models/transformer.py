@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import flax
 import flax.linen as nn
@@ -119,10 +120,13 @@ class Block(nn.Module):
 
   Attention reads only the cache's first `window` slots (a static size: the live part, so that a step's cost
   follows the tokens in the cache, not its capacity). With append=False the new keys are not written: they
-  are attended after the window (scoring continuations of a shared prefix without touching the cache)."""
+  are attended after the window (scoring continuations of a shared prefix without touching the cache).
+  With `branches` (no cache), x is a context followed by branch tokens and `mask` the triple of
+  _attend_branches."""
   cfg: ModelConfig
   window: int | None = None
   append: bool = True
+  branches: bool = False
 
   @nn.compact
   def __call__(self, carry, layer, rope, mask, index):
@@ -152,14 +156,10 @@ class Block(nn.Module):
       if not self.append:
         k_all = jnp.concatenate([k_all, k.astype(k_all.dtype)], axis=2)
         v_all = jnp.concatenate([v_all, v.astype(v_all.dtype)], axis=2)
-    g = h // kv
-    q = q.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k_all.astype(q.dtype),
-                        preferred_element_type=jnp.float32) / math.sqrt(dh)
-    scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, t, -1), _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype).reshape(b, kv, g * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_all.astype(cfg.dtype))
-    out = out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
+    if self.branches:
+      out = _attend_branches(q, k_all, v_all, mask, cfg.dtype)
+    else:
+      out = _attend(q, k_all, v_all, mask, cfg.dtype)
     x = x + _dense(cfg, cfg.hidden_size, "o_proj", cfg.o_bias)(out)
     y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="post_attention_norm")(x)
     gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(y)
@@ -167,6 +167,53 @@ class Block(nn.Module):
     x = x + _dense(cfg, cfg.hidden_size, "down_proj")(nn.silu(gate) * up)
     return (x, k_cache, v_cache), None
 
+
+def _attend(q, k, v, mask, dtype):
+  """q [B, T, H, Dh]; k, v [B, Hkv, S, Dh]; mask [B, T, S] -> [B, T, H * Dh]."""
+  b, t, h, dh = q.shape
+  kv = k.shape[1]
+  g = h // kv
+  q = q.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k.astype(q.dtype),
+                      preferred_element_type=jnp.float32) / math.sqrt(dh)
+  scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, t, -1), _MASKED)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kv, g * t, -1)
+  out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(dtype))
+  return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
+
+
+def _attend_branches(q, k, v, masks, dtype):
+  """Attention over a context of T tokens followed by N branch tokens.
+
+  q [B, T + N, H, Dh]; k, v [B, Hkv, T + N, Dh]; masks = (context [B, T, T], branch_context [B, N, T],
+  ancestors [B, N, A]: the branch indices a branch token sees besides the context, -1 pad). Context
+  queries see context keys; a branch query sees context keys (branch_context) and its A ancestors' keys
+  (gathered), under one softmax: N x (T + A) scores, not (T + N)^2. -> [B, T + N, H * Dh].
+  """
+  context, branch_context, ancestors = masks
+  b, n_all, h, dh = q.shape
+  t = context.shape[1]
+  n, kv = n_all - t, k.shape[1]
+  g = h // kv
+  out_ctx = _attend(q[:, :t], k[:, :, :t], v[:, :, :t], context, dtype)
+  # Branch queries as [B, Hkv, g * N, Dh]: the context matmuls batch over (B, Hkv).
+  qb = q[:, t:].reshape(b, n, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * n, dh)
+  k_ctx, v_ctx = k[:, :, :t].astype(q.dtype), v[:, :, :t].astype(dtype)
+  gather = jax.vmap(lambda x, i: x[:, i])  # [Hkv, N, Dh], [N, A] -> [Hkv, N, A, Dh]
+  idx = jnp.clip(ancestors, 0, n - 1)
+  k_anc, v_anc = gather(k[:, :, t:].astype(q.dtype), idx), gather(v[:, :, t:].astype(dtype), idx)
+  scale = 1.0 / math.sqrt(dh)
+  s_ctx = jnp.einsum("bkqd,bkjd->bkqj", qb, k_ctx, preferred_element_type=jnp.float32) * scale
+  s_anc = jnp.einsum("bkgnd,bknad->bkgna", qb.reshape(b, kv, g, n, dh), k_anc,
+                     preferred_element_type=jnp.float32) * scale
+  s_ctx = jnp.where(branch_context[:, None, None], s_ctx.reshape(b, kv, g, n, t), _MASKED)
+  s_anc = jnp.where((ancestors >= 0)[:, None, None], s_anc, _MASKED)
+  probs = jax.nn.softmax(jnp.concatenate([s_ctx, s_anc], axis=-1), axis=-1).astype(dtype)
+  p_ctx = probs[..., :t].reshape(b, kv, g * n, t)
+  out = (jnp.einsum("bkqj,bkjd->bkqd", p_ctx, v_ctx).reshape(b, kv, g, n, dh)
+         + jnp.einsum("bkgna,bknad->bkgnd", probs[..., t:], v_anc))
+  out = out.transpose(0, 3, 1, 2, 4).reshape(b, n, h * dh)
+  return jnp.concatenate([out_ctx, out], axis=1)
 
 def _remat(block, policy: str):
   """The layer under the config's remat policy (REMAT_POLICIES in models/config.py)."""
@@ -182,6 +229,7 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   window: int | None = None
   append: bool = True
+  branches: bool = False
 
   @nn.compact
   def __call__(self, tokens, rope, mask, kv, index):
@@ -194,7 +242,7 @@ class Decoder(nn.Module):
                      split_rngs={"params": True, "dropout": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
     k_cache, v_cache = kv if kv is not None else (None, None)
-    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, name="layers")(
+    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.branches, name="layers")(
         (x, k_cache, v_cache), jnp.arange(cfg.num_layers), rope, mask, index)
     hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
@@ -235,10 +283,11 @@ def _init(cfg: ModelConfig, rng):
   return Decoder(cfg).init(rng, tokens, _rope_tables(cfg, tokens), mask, None, jnp.int32(0))["params"]
 
 
-def _apply(cfg: ModelConfig, params: dict, *args, window: int | None = None, append: bool = True):
-  """Decoder(cfg, window, append).apply on a param tree that may carry LoRA adapters under "lora"
+def _apply(cfg: ModelConfig, params: dict, *args, window: int | None = None, append: bool = True,
+           branches: bool = False):
+  """Decoder(cfg, window, append, branches).apply on a param tree that may carry LoRA adapters under "lora"
   (models/lora.py attach): they go to the "lora" collection, their optional "rng" to the dropout stream."""
-  decoder = Decoder(cfg, window, append)
+  decoder = Decoder(cfg, window, append, branches)
   if "lora" not in params:
     return decoder.apply({"params": params}, *args)
   params = dict(params)
@@ -288,6 +337,33 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   new_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))
   return logits, hidden, KVCache(k=k, v=v, valid=new_valid, index=index + t)
 
+
+class Branches(NamedTuple):
+  """Continuations of a context scored without copying it (models.forward_branches), [B, N] each.
+
+  Branch token n sits at RoPE position positions[b, n] and sees the context's first context[b, n] tokens
+  and the branch tokens ancestors[b, n, :] (its own earlier tokens and itself; -1 pad).
+  """
+  tokens: jax.Array     # [B, N] int32
+  positions: jax.Array  # [B, N] int32
+  context: jax.Array    # [B, N] int32
+  ancestors: jax.Array  # [B, N, A] int32
+
+
+def forward_branches(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,
+                     valid: jax.Array, branches: Branches) -> jax.Array:
+  """The context tokens [B, T] under the causal mask, and `branches` continuing it, in one pass over the
+  layers: hidden [B, T + N, D] f32 (final-norm output; models.lm_head gives the logits of chosen rows).
+  Context outputs equal forward(tokens, positions, valid)'s; a branch token's equal those of a forward of
+  the sequence it continues (the visible context, then its ancestors)."""
+  t = tokens.shape[1]
+  context = jnp.tril(jnp.ones((t, t), bool))[None] & valid.astype(bool)[:, None, :]
+  branch_context = jnp.arange(t)[None, None, :] < branches.context[..., None]
+  rope = _rope_tables(cfg, jnp.concatenate([positions, branches.positions], axis=1))
+  masks = (context, branch_context, branches.ancestors)
+  _, hidden, _ = _apply(cfg, params, jnp.concatenate([tokens, branches.tokens], axis=1), rope, masks, None,
+                        jnp.int32(0), branches=True)
+  return hidden
 
 @functools.partial(jax.jit, static_argnums=0)
 def logits(cfg: ModelConfig, params: dict, token_ids: jax.Array) -> jax.Array:

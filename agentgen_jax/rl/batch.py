@@ -120,91 +120,63 @@ def token_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dict
   return out
 
 
-def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None,
-                 max_turns: int | None = None, max_candidates: int | None = None) -> dict[str, np.ndarray]:
-  """The choose-mode rows: episode tokens plus the unchosen candidates packed after them as a tree.
+def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dict[str, np.ndarray]:
+  """The choose-mode rows: the episode tokens (the context: prompt, observations, chosen actions) and each
+  turn's unchosen candidates as branches off it, for models.forward_branches.
 
-  tokens/positions/valid/pred_pos/cand_id [B, T] and attn_mask [B, T, T] (each candidate token sees its
-  context and its own earlier tokens; pred_pos = the index whose logits predict it; cand_id = its
-  candidate, -1 for context); cand_turn [B, C] (the turn of each candidate), chosen/state_pos [B, K] (the
-  chosen candidate and the last context token of each turn); old_logprobs, rewards, unit_mask [B, K] per
-  turn; last_pos [B] = the last token of the main sequence.
+  A turn's candidates form a trie whose chosen path is the context itself: a candidate sharing its first m
+  tokens with the chosen one branches off after them, candidates sharing a prefix share its branch tokens,
+  and a token only enters the forward if it predicts another (last tokens are scored, never run).
+  - tokens/positions/valid [B, T]: the context, positions 0..n-1 (causal attention).
+  - branch_tokens/branch_positions/branch_context [B, N] and branch_ancestors [B, N, A]: the branch tokens
+    that enter the forward; each sees the context's first branch_context tokens and the branch tokens
+    branch_ancestors lists (its trie ancestors and itself; models.Branches).
+  - pred_rows [B, R]: the rows of the [T + N] forward output whose logits predict a candidate token (each
+    once: siblings share their parent's); node_row/node_token [B, M]: every scored trie node (a candidate
+    token) and the pred_rows entry that predicts it.
+  - cand_path [B, C, P]: each candidate's scored nodes (-1 pad): its score is the sum of their log-probs;
+    cand_turn [B, C] (-1 pad); chosen/state_pos [B, K] (the chosen candidate and the last context token
+    before each turn); old_logprobs, rewards, unit_mask [B, K] per turn; last_pos [B] = n - 1.
   """
-  rows = []
-  for ep in episodes:
-    tokens = list(ep.tokens)
-    positions = list(range(len(tokens)))
-    parent = list(range(-1, len(tokens) - 1))      # index whose logits predict this token
-    cand_id = [-1] * len(tokens)
-    cand_turn, chosen, state_pos, unit_lp, unit_rewards = [], [], [], [], []
-    # Agent turns in the main sequence, in order: (start, end) of each.
-    spans, start = [], None
-    for i, m in enumerate(ep.loss_mask + [0]):
-      if m and start is None:
-        start = i
-      if not m and start is not None:
-        spans.append((start, i))
-        start = None
-    extra = []
-    for k, ((cands, choice, lp), (s, e)) in enumerate(zip(ep.choices, spans)):
-      state_pos.append(s - 1)
-      chosen.append(len(cand_turn) + choice)
-      unit_lp.append(lp)
-      unit_rewards.append(ep.rewards[e - 1])
-      for c, cand in enumerate(cands):
-        cid = len(cand_turn)
-        cand_turn.append(k)
-        if c == choice:
-          for i in range(s, e):
-            cand_id[i] = cid
-        else:
-          extra.append((cid, cand, s))
-    seq_tokens, seq_pos, seq_parent, seq_cand = tokens, positions, parent, cand_id
-    branch_of = [-1] * len(tokens)  # -1: main sequence; else the start index (context end) of a branch
-    for cid, cand, s in extra:
-      base = len(seq_tokens)
-      for j, tok in enumerate(cand):
-        seq_tokens.append(tok)
-        seq_pos.append(s + j)
-        seq_parent.append(s - 1 if j == 0 else base + j - 1)
-        seq_cand.append(cid)
-        branch_of.append(s)
-    rows.append(dict(tokens=seq_tokens, positions=seq_pos, pred_pos=seq_parent, cand_id=seq_cand,
-                     branch=branch_of, cand_turn=cand_turn, chosen=chosen, state_pos=state_pos,
-                     unit_lp=unit_lp, unit_rewards=unit_rewards))
+  rows = [_choice_row(ep) for ep in episodes]
   b = len(rows)
-  t = seq_len or sampling.bucket(max(len(r["tokens"]) for r in rows))
-  # Bucketed like the length, so that the jitted update sees a handful of shapes (one compile each).
-  c = max_candidates or sampling.bucket(max(max(len(r["cand_turn"]) for r in rows), 1), minimum=16)
-  k = max_turns or sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
+  t = seq_len or sampling.bucket(max(len(ep.tokens) for ep in episodes))
+  # Every size bucketed, so that the jitted update sees a handful of shapes (one compile each).
+  n_in = sampling.bucket(max(max(len(r["inputs"]) for r in rows), 1))
+  a = sampling.bucket(max([len(chain) for r in rows for chain in r["ancestors"]] + [1]), minimum=8)
+  preds = [_predictor_rows(r["nodes"], t) for r in rows]
+  m = sampling.bucket(max(len(r["nodes"]) for r in rows))
+  n_pred = sampling.bucket(max(len(p[0]) for p in preds))
+  c = sampling.bucket(max(max(len(r["paths"]) for r in rows), 1), minimum=16)
+  p = sampling.bucket(max([len(path) for r in rows for path in r["paths"]] + [1]), minimum=8)
+  k = sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
   out = {"tokens": np.zeros((b, t), np.int32), "positions": np.zeros((b, t), np.int32),
-         "valid": np.zeros((b, t), bool), "pred_pos": np.zeros((b, t), np.int32),
-         "cand_id": np.full((b, t), -1, np.int32), "attn_mask": np.zeros((b, t, t), bool),
-         "cand_turn": np.full((b, c), -1, np.int32), "chosen": np.full((b, k), -1, np.int32),
-         "state_pos": np.zeros((b, k), np.int32), "old_logprobs": np.zeros((b, k), np.float32),
-         "rewards": np.zeros((b, k), np.float32), "unit_mask": np.zeros((b, k), np.float32)}
-  for row, r in enumerate(rows):
-    n = len(r["tokens"])
+         "valid": np.zeros((b, t), bool), "branch_tokens": np.zeros((b, n_in), np.int32),
+         "branch_positions": np.zeros((b, n_in), np.int32), "branch_context": np.ones((b, n_in), np.int32),
+         "branch_ancestors": np.full((b, n_in, a), -1, np.int32),
+         "pred_rows": np.zeros((b, n_pred), np.int32), "node_row": np.zeros((b, m), np.int32),
+         "node_token": np.zeros((b, m), np.int32),
+         "cand_path": np.full((b, c, p), -1, np.int32), "cand_turn": np.full((b, c), -1, np.int32),
+         "chosen": np.full((b, k), -1, np.int32), "state_pos": np.zeros((b, k), np.int32),
+         "old_logprobs": np.zeros((b, k), np.float32), "rewards": np.zeros((b, k), np.float32),
+         "unit_mask": np.zeros((b, k), np.float32)}
+  for row, (ep, r, (pred_rows, node_row)) in enumerate(zip(episodes, rows, preds)):
+    n = len(ep.tokens)
     if n > t:
       raise ValueError(f"choice batch row of {n} tokens exceeds seq_len={t}")
-    out["tokens"][row, :n] = r["tokens"]
-    out["positions"][row, :n] = r["positions"]
+    out["tokens"][row, :n] = ep.tokens
+    out["positions"][row, :n] = np.arange(n)
     out["valid"][row, :n] = True
-    out["pred_pos"][row, :n] = np.maximum(r["pred_pos"], 0)
-    out["cand_id"][row, :n] = r["cand_id"]
-    branch = np.asarray(r["branch"])
-    idx = np.arange(n)
-    main = branch < 0
-    # Main tokens see earlier main tokens; a branch token sees the main context before its branch point
-    # and the earlier tokens of its own candidate.
-    same_cand = (np.asarray(r["cand_id"])[:, None] == np.asarray(r["cand_id"])[None, :])
-    mask = np.zeros((n, n), bool)
-    mask[np.ix_(main, main)] = np.tril(np.ones((main.sum(), main.sum()), bool))
-    for q in np.nonzero(~main)[0]:
-      mask[q, :branch[q]] = True
-      mask[q] |= (~main) & same_cand[q] & (idx <= q)
-    out["attn_mask"][row, :n, :n] = mask
-    nc, nk = len(r["cand_turn"]), len(r["chosen"])
+    for i, ((token, position, context, _), chain) in enumerate(zip(r["inputs"], r["ancestors"])):
+      out["branch_tokens"][row, i], out["branch_positions"][row, i] = token, position
+      out["branch_context"][row, i] = context
+      out["branch_ancestors"][row, i, :len(chain)] = chain
+    out["pred_rows"][row, :len(pred_rows)] = pred_rows
+    out["node_row"][row, :len(node_row)] = node_row
+    out["node_token"][row, :len(node_row)] = [token for _, token in r["nodes"]]
+    for ci, path in enumerate(r["paths"]):
+      out["cand_path"][row, ci, :len(path)] = path
+    nc, nk = len(r["paths"]), len(r["chosen"])
     out["cand_turn"][row, :nc] = r["cand_turn"]
     out["chosen"][row, :nk] = r["chosen"]
     out["state_pos"][row, :nk] = r["state_pos"]
@@ -214,3 +186,71 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None,
   out["group_ids"] = group_ids(episodes)
   out["last_pos"] = np.array([len(ep.tokens) - 1 for ep in episodes], np.int32)
   return out
+
+
+
+def _predictor_rows(nodes, t: int) -> tuple[list[int], list[int]]:
+  """(the distinct predicting rows of the [T + N] forward output, each node's index among them); branch
+  input i's output is row t + i."""
+  rows: dict[int, int] = {}
+  node_row = [rows.setdefault(pred if isinstance(pred, int) else t + pred[1], len(rows)) for pred, _ in nodes]
+  return list(rows), node_row
+
+def _agent_spans(loss_mask) -> list[tuple[int, int]]:
+  """(start, end) of each run of agent tokens, in order."""
+  spans, start = [], None
+  for i, m in enumerate(list(loss_mask) + [0]):
+    if m and start is None:
+      start = i
+    if not m and start is not None:
+      spans.append((start, i))
+      start = None
+  return spans
+
+
+def _choice_row(ep: Episode) -> dict:
+  """One episode's candidate tries. nodes: (predictor, token) per scored candidate token, the predictor a
+  context index or ("branch", input id); inputs: per branch input (token, position, context length, parent
+  input id or None); ancestors: per branch input, itself and its branch ancestors; paths: each candidate's
+  node indices."""
+  nodes, inputs, paths, cand_turn, chosen, state_pos, unit_lp, unit_rewards = [], [], [], [], [], [], [], []
+  for k, ((cands, choice, lp), (s, e)) in enumerate(zip(ep.choices, _agent_spans(ep.loss_mask))):
+    state_pos.append(s - 1)
+    chosen.append(len(paths) + choice)
+    unit_lp.append(lp)
+    unit_rewards.append(ep.rewards[e - 1])
+    # The turn's trie: prefix -> node (index into `nodes`); the chosen candidate's tokens are the
+    # context's [s, e), the others' new tokens branch off it.
+    trie = {tuple(cands[choice][:j + 1]): s + j for j in range(len(cands[choice]))}  # context nodes
+    parent_of, token_of, depth_of = {}, {}, {}
+    for cand in cands:
+      for j in range(len(cand)):
+        key = tuple(cand[:j + 1])
+        if key not in trie:
+          trie[key] = ("branch", len(token_of))
+          parent_of[key], token_of[key], depth_of[key] = trie.get(key[:-1], s - 1), cand[j], j
+    # A branch token is run through the model only if it predicts another: then it is an input, seeing
+    # the context up to its branch point and its branch ancestors.
+    has_child = {parent_of[key] for key in parent_of}
+    input_of, index_of = {}, {}
+    for key in token_of:  # parents before children (insertion order)
+      parent = parent_of[key]
+      if trie[key] in has_child:
+        up = input_of.get(parent)
+        context = inputs[up][2] if up is not None else parent + 1
+        input_of[trie[key]] = len(inputs)
+        inputs.append((token_of[key], s + depth_of[key], context, up))
+      index_of[key] = len(nodes)
+      nodes.append((("branch", input_of[parent]) if parent in input_of else parent, token_of[key]))
+    for j, tok in enumerate(cands[choice]):
+      index_of[tuple(cands[choice][:j + 1])] = len(nodes)
+      nodes.append((s + j - 1, tok))
+    for cand in cands:
+      paths.append([index_of[tuple(cand[:j + 1])] for j in range(len(cand))])
+      cand_turn.append(k)
+  ancestors = []
+  for inp in inputs:  # parents come first: extend the parent's chain
+    ancestors.append([len(ancestors)] + (ancestors[inp[3]] if inp[3] is not None else []))
+  return dict(nodes=nodes, inputs=inputs, paths=paths, cand_turn=cand_turn, chosen=chosen,
+              state_pos=state_pos, unit_lp=unit_lp, unit_rewards=unit_rewards, ancestors=ancestors)
+

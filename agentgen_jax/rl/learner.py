@@ -195,7 +195,8 @@ def batch_keys(mode: str, lcfg: LearnerConfig, for_update: bool = True) -> tuple
   if mode == "generate":
     keys = ["tokens", "positions", "valid"]
   else:
-    keys = ["tokens", "positions", "valid", "attn_mask", "pred_pos", "cand_id", "cand_turn", "chosen",
+    keys = ["tokens", "positions", "valid", "branch_tokens", "branch_positions", "branch_context",
+            "branch_ancestors", "pred_rows", "node_row", "node_token", "cand_path", "cand_turn", "chosen",
             "state_pos"]
   keys.append(policy.unit_mask_key(mode))
   if for_update:

@@ -38,9 +38,9 @@ def _shift_right(x):
 
 
 def _forward(model_cfg, params, batch):
-  """Logits [B, T, V] and hidden [B, T, D] of the batch, with its tree attention mask if it has one."""
+  """Logits [B, T, V] and hidden [B, T, D] of the batch's tokens under the causal mask."""
   logits, hidden, _ = models.forward(model_cfg, params, batch["tokens"], batch["positions"],
-                                     batch.get("valid"), attn_mask=batch.get("attn_mask"))
+                                     batch.get("valid"))
   return logits, hidden
 
 
@@ -80,27 +80,33 @@ def generate_units(model_cfg, params, batch, temperature: float = 1.0, critic: s
   return Units(logp, entropy, values, last)
 
 
-def candidate_token_logprobs(logits, tokens, pred_pos):
-  """logp[b, t] = log_softmax(logits[b, pred_pos[b, t]])[tokens[b, t]] without copying the logits."""
-  logits = logits.astype(jnp.float32)
-  lse = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
+def node_logprobs(model_cfg, params, hidden, pred_rows, node_row, tokens):
+  """logp[b, m] = log_softmax(logits at hidden[b, pred_rows[b, node_row[b, m]]])[tokens[b, m]]: the LM head
+  runs on the [B, R] predicting rows only (siblings share theirs), not on every position."""
+  h = jnp.take_along_axis(hidden, jnp.clip(pred_rows, 0, hidden.shape[1] - 1)[..., None], axis=1)
+  logits = models.lm_head(model_cfg, params, h)  # [B, R, V]
   rows = jnp.arange(tokens.shape[0])[:, None]
-  pos = jnp.clip(pred_pos, 0, tokens.shape[1] - 1)
-  return logits[rows, pos, tokens] - lse[rows, pos]
+  return logits[rows, node_row, tokens] - jax.nn.logsumexp(logits, axis=-1)[rows, node_row]
 
 
-def choice_scores(token_logp, cand_id, cand_turn, chosen, temperature: float = 1.0):
+def candidate_scores(node_logp, cand_path):
+  """node_logp [B, M], cand_path [B, C, P] (-1 pad) -> score [B, C]: the sum of each candidate's token
+  log-probs (untempered, as the rollout scores them)."""
+  rows = jnp.arange(node_logp.shape[0])[:, None, None]
+  picked = node_logp[rows, jnp.clip(cand_path, 0, node_logp.shape[1] - 1)]
+  return jnp.sum(jnp.where(cand_path >= 0, picked, 0.0), axis=-1)
+
+
+def choice_scores(score, cand_turn, chosen, temperature: float = 1.0):
   """Per-turn log-prob and entropy of the choice among the turn's candidates.
 
-  token_logp, cand_id: [B, T]; cand_turn: [B, C] (-1 pad); chosen: [B, K] (-1 pad). A candidate's score
-  is the sum of its tokens' (untempered) log-probs; the turn's distribution is softmax(score / temperature),
-  the one the rollout samples from. Returns (logp [B, K], entropy [B, K]), 0 on turns without choice.
+  score, cand_turn: [B, C] (cand_turn -1 pad: no candidate); chosen: [B, K] (-1 pad). The turn's
+  distribution is softmax(score / temperature), the one the rollout samples from. Returns
+  (logp [B, K], entropy [B, K]), 0 on turns without choice.
   """
-  b, c = cand_turn.shape
+  c = cand_turn.shape[1]
   k = chosen.shape[1]
-  rows = jnp.arange(b)[:, None]
-  slot = jnp.where(cand_id >= 0, cand_id, c)
-  score = jnp.zeros((b, c), jnp.float32).at[rows, slot].add(token_logp, mode="drop") / temperature
+  score = score / temperature
   member = cand_turn[:, None, :] == jnp.arange(k)[None, :, None]  # [B, K, C]
   has = member.any(-1) & (chosen >= 0)
   masked = jnp.where(member, score[:, None, :], _NEG)
@@ -112,21 +118,32 @@ def choice_scores(token_logp, cand_id, cand_turn, chosen, temperature: float = 1
   return logp, entropy
 
 
+def _branches(batch) -> models.Branches:
+  return models.Branches(batch["branch_tokens"], batch["branch_positions"], batch["branch_context"],
+                         batch["branch_ancestors"])
+
+
 def choose_units(model_cfg, params, batch, temperature: float = 1.0, critic: str = "none",
                  critic_params=None, with_entropy: bool = True) -> Units:
   """Choose mode: the turn's action distribution over its listed candidates (GLAM); units [B, K].
 
-  The value of turn k is read at state_pos[k], the last context token before its candidates.
+  One pass over the episode's context with its candidates as branches (rl/batch.py choice_batch): each
+  candidate is scored against the shared prefix, as the rollout scored it against its KV cache. The value
+  of turn k is read at state_pos[k], the last context token before its candidates.
   """
   del with_entropy  # the entropy over a handful of candidates costs nothing
-  logits, hidden = _forward(model_cfg, params, batch)
-  token_logp = candidate_token_logprobs(logits, batch["tokens"], batch["pred_pos"])
-  logp, entropy = choice_scores(token_logp, batch["cand_id"], batch["cand_turn"], batch["chosen"],
-                                temperature)
+  t = batch["tokens"].shape[1]
+  hidden = models.forward_branches(model_cfg, params, batch["tokens"], batch["positions"], batch["valid"],
+                                   _branches(batch))
+  node_logp = node_logprobs(model_cfg, params, hidden, batch["pred_rows"], batch["node_row"],
+                            batch["node_token"])
+  logp, entropy = choice_scores(candidate_scores(node_logp, batch["cand_path"]), batch["cand_turn"],
+                                batch["chosen"], temperature)
   values = last = None
   if critic != "none" and critic_params is not None:
-    head, h = _critic(model_cfg, critic, critic_params, hidden, batch)
-    state_pos = jnp.clip(batch["state_pos"], 0, h.shape[1] - 1)
+    # The critic reads context states only: a separate critic runs the context alone.
+    head, h = _critic(model_cfg, critic, critic_params, hidden[:, :t], batch)
+    state_pos = jnp.clip(batch["state_pos"], 0, t - 1)
     h_state = jnp.take_along_axis(h, state_pos[..., None], axis=1)  # [B, K, D]
     values, last = models.value.values(head, h_state), _last_value(head, h, batch)
   return Units(logp, entropy, values, last)

@@ -4,6 +4,7 @@ learning and checkpointing; the target is env time < 10% of the iteration. `run(
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -56,7 +57,8 @@ def settings(quick: bool) -> list[Setting]:
             Setting("tiny generate", "tiny", "generate", 1, 2, 2, 16),
             Setting("smollm2-135m generate", "smollm2-135m-instruct", "generate", 1, 2, 2, 16, timed=1)]
   # max_turns 4, not the quickstart's 10: the untrained policy plays every turn, and a choice batch packs
-  # every listed candidate of every turn; at 10 turns its [B, T, T] attention outgrew 17 GB of memory.
+  # every listed candidate of every turn; at 10 turns its [B, T, T] attention outgrew 17 GB of memory
+  # (before candidates were scored as branches off the context; kept for comparisons with a2df838).
   return [Setting("tiny choose", "tiny", "choose", 4, 4, 4, 48),
           Setting("tiny generate", "tiny", "generate", 4, 4, 4, 48),
           Setting("smollm2-135m generate", "smollm2-135m-instruct", "generate", 1, 2, 3, 32, timed=1,
@@ -237,6 +239,20 @@ def _repo_root() -> str:
                         check=True).stdout.strip()
 
 
+@contextlib.contextmanager
+def worktree(root: str, commit: str):
+  """Yields the path of a temporary git worktree of `commit` (of the repository at `root`), removed after."""
+  with tempfile.TemporaryDirectory() as tmp:
+    tree = os.path.join(tmp, "baseline")
+    subprocess.run(["git", "worktree", "add", "--detach", tree, commit], cwd=root, check=True,
+                   capture_output=True)
+    try:
+      yield tree
+    finally:
+      subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root, check=False,
+                     capture_output=True)
+
+
 def compare(baseline: str, quick: bool = False, repeats: int = 3, timed: int = 2) -> list[dict]:
   """The tiny RL iteration of both action modes at commit `baseline` (checked out in a temporary git
   worktree, removed after) and in this tree, alternating in one run: `repeats` fresh processes each, every
@@ -249,18 +265,11 @@ def compare(baseline: str, quick: bool = False, repeats: int = 3, timed: int = 2
                         check=True).stdout.strip()
   runs: dict[str, list[dict]] = {"baseline": [], "current": []}
   load = [os.getloadavg()[0]]
-  with tempfile.TemporaryDirectory() as tmp:
-    tree = os.path.join(tmp, "baseline")
-    subprocess.run(["git", "worktree", "add", "--detach", tree, baseline], cwd=root, check=True,
-                   capture_output=True)
-    try:
-      for _ in range(repeats):
-        runs["baseline"].append(_measure_tree(tree, names, timed, quick))
-        runs["current"].append(_measure_tree(root, names, timed, quick))
-        load.append(os.getloadavg()[0])
-    finally:
-      subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root, check=False,
-                     capture_output=True)
+  with worktree(root, baseline) as tree:
+    for _ in range(repeats):
+      runs["baseline"].append(_measure_tree(tree, names, timed, quick))
+      runs["current"].append(_measure_tree(root, names, timed, quick))
+      load.append(os.getloadavg()[0])
   return compare_rows(runs, names, commit, head, load, timed)
 
 

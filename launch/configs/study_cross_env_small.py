@@ -4,9 +4,12 @@ same warm-started tiny model; evaluate both envs after each (easy test tasks, 40
   python -m launch.study --config=launch/configs/study_cross_env_small.py --workdir=runs/cross_env_small
 
 Cost, measured on an idle 2-core CPU: 17 minutes. Warm start (300 expert demos written as TFDS, 108 SFT
-steps) 6.5 min, each evaluation of both envs ~2 min, the TextCraft stage 5 min (its choose-mode batches pack
-~14 candidate actions per turn: 65-130 s per GRPO iteration), the BabyAI stage 50 s. Writes results.json,
-report.md, transfer_heatmap.png, training_success.png, turns_tokens.png.
+steps) 6.5 min, each evaluation of both envs ~2 min, the TextCraft stage 5 min (~14 candidate actions per
+turn: 65-130 s per GRPO iteration), the BabyAI stage 50 s; measured before choose-mode learning scored
+candidates as branches off the shared context. Since then (`python -m launch.benchmark --suites=choose
+--baseline=2caea5e`, the untrained model's 6-turn TextCraft iteration, shared CPU at load ~5.5): learning
+12.6 s instead of 35.3 s, the iteration 36 s instead of 58 s. Writes results.json, report.md,
+transfer_heatmap.png, training_success.png, turns_tokens.png.
 
 Measured (seed 0; score: success, discounted by steps for BabyAI): base textcraft 0.013 / babyai 0.071;
 after BabyAI: held-in +0.154, held-out (textcraft) -0.013; after TextCraft: held-in +0.000, held-out

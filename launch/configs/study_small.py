@@ -15,7 +15,7 @@ def small(envs, iterations: int = 8):
   c.pool_size, c.workers = 16, 2
   c.rollout.mode = "choose"
   # Easy tasks: the expert needs 1.9 (BabyAI) and 4.6 (TextCraft; 80% within 6) actions on average; every
-  # turn adds ~14 TextCraft candidates to the choose-mode learner batch (cost ~ length^2).
+  # turn adds ~14 TextCraft candidates (~100 tokens) to score in the choose-mode learner batch.
   c.rollout.max_turns = 6
   c.rollout.max_episode_tokens = 768  # attention is T^2: longer demos are skipped, longer episodes cut
   c.learner.estimator = "grpo"
@@ -24,7 +24,7 @@ def small(envs, iterations: int = 8):
   c.group_size = 4
   c.learner.lr = 5e-4
   c.learner.clip_low, c.learner.clip_high = 0.2, 0.28
-  c.learner.micro_batch_size = 2  # choice batches pack every candidate: keep attention memory small
+  c.learner.micro_batch_size = 2  # choice batches score every candidate: keep activation memory small
   c.learner.mini_batch_size = 8  # two optimiser steps per iteration
   c.sft.epochs = 6
   c.sft.batch_size = 16
