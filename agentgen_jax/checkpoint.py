@@ -219,12 +219,15 @@ def _abstract(x):
 
 
 def params_digest(params: Any) -> str:
-  """A SHA-256 over every leaf's bytes, in tree order: equal digests = bit-identical params."""
+  """A SHA-256 over every leaf's bytes, in tree order: equal digests = bit-identical params (on several
+  processes a collective: each leaf is gathered whole)."""
   import hashlib
+
+  from agentgen_jax import parallel
   h = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(_to_savable(params))[0]:
     h.update(jax.tree_util.keystr(path).encode())
-    arr = np.asarray(jax.device_get(leaf))
+    arr = parallel.to_host(leaf)
     h.update(str(arr.dtype).encode() + str(arr.shape).encode())
     h.update(np.ascontiguousarray(arr).tobytes())
   return h.hexdigest()
