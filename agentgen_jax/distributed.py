@@ -181,14 +181,22 @@ def job(what: str = "training"):
   try:
     yield
   except SystemExit as e:  # a command's own one-line stop (sys.exit("training stopped: ..."))
-    fail(str(e.code) if not isinstance(e.code, int) else f"{what} stopped on {me} (exit {e.code})",
-         e.code if isinstance(e.code, int) and e.code else 1)
+    if e.code in (None, 0):
+      _finished()
+      raise
+    fail(e.code if isinstance(e.code, str) else f"{what} stopped on {me} (exit {e.code})",
+         e.code if isinstance(e.code, int) else 1)
   except BaseException as e:  # noqa: BLE001
     text = one_line(e)
     if isinstance(e, jax.errors.JaxRuntimeError) and any(w in text.lower() for w in _PEER_ERRORS):
       fail(f"{what} stopped on {me}: a peer process is gone (a collective failed: {text})")
     traceback.print_exc()  # a bug, not a lost peer: the traceback is the useful part
     fail(f"{what} stopped on {me}: {type(e).__name__}: {text}")
+  _finished()
+
+
+def _finished() -> None:
+  """Every process got to the end: the watch stops (peers that exit now are not dead)."""
   sync("agentgen_job_done")
   if _watch is not None:
     _watch.stop()
