@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-from agentgen_jax import distributed
+from agentgen_jax import checkpoint, distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The shared tiny config (tests/train_config_tiny.py), one micro-batch of 4 rows: one row per device.
@@ -153,6 +153,11 @@ def test_two_processes_train_as_one_job_equal_to_one_process_of_four_devices(tmp
   assert _tokens(job) == _tokens(one)  # the same episodes
   a, b = _final_params(job), _final_params(one)
   assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-4
+  # The checkpoint the two processes saved together reads back in this one-device process (launch.evaluate).
+  state, meta = checkpoint.Checkpointer(str(job / "checkpoints"), read_only=True).restore_raw()
+  assert meta["iteration"] == 2
+  embedding = np.asarray(state["params"]["embed"]["embedding"], np.float64).ravel()
+  assert np.isfinite(embedding).all() and np.abs(embedding).sum() > 0
 
 
 @pytest.mark.e2e
