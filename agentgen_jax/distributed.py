@@ -156,7 +156,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
   abort with a fatal log)."""
   if _watch is not None:
     _watch.mark(f"failed: {message}")
-  sys.stderr.write(message + "\n")
+  sys.stderr.write("\n" + message + "\n")  # on a line of its own (a progress bar may hold the current one)
   sys.stderr.flush()
   sys.stdout.flush()
   for child in multiprocessing.active_children():  # EnvPool workers; they also exit with their parent
