@@ -46,7 +46,14 @@ def make_mesh(devices: Sequence[jax.Device] | None = None,
                      f"got {len(devices)}")
   # Auto axes: the partitioner places the intermediates. (With Explicit axes the embedding gather of a
   # sharded table by sharded token ids is a ShardingTypeError.)
-  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names),
+  axis_types = (AxisType.Auto,) * len(names)
+  if len({d.process_index for d in devices}) > 1:
+    # Process-major: each process's devices are contiguous in the mesh, so each holds one block of the
+    # batch rows (process_rows), the layout the rollout's per-process rows assume. (jax.make_mesh may
+    # order a TPU slice's devices by its physical rings, interleaving hosts.)
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(ordered, dtype=object).reshape(sizes), tuple(names), axis_types=axis_types)
+  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=axis_types,
                        devices=devices)
 
 
