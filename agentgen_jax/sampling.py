@@ -74,7 +74,9 @@ def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
   return _context_maker(cfg, batch, max_len, mesh)()
 
 
-def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, window: int) -> Context:
+def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, window: int) -> Context:
+  """extend's device program, unjitted (launch.plan compiles it with its own shardings): appends the
+  already padded chunk tokens, valid [B, T], attending over the first `window` cache slots."""
   valid = valid.astype(bool)
   counts = valid.sum(axis=1).astype(jnp.int32)                                    # [B]
   positions = ctx.next_pos[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
@@ -92,7 +94,7 @@ def _extend(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, wind
   return Context(cache=cache, next_pos=ctx.next_pos + counts, last_logits=last_logits)
 
 
-_extend_jit = jax.jit(_extend, static_argnames=("cfg", "window"), donate_argnames="ctx")
+_extend_jit = jax.jit(extend_step, static_argnames=("cfg", "window"), donate_argnames="ctx")
 
 
 def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
@@ -164,8 +166,10 @@ def _sample(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: ja
   return jax.lax.cond(temperature > 0, sampled, greedy, None)
 
 
-def _decode(cfg, params, ctx: Context, rng, active, temperature, top_p, *, max_new_tokens: int,
-            eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...], window: int):
+def decode_loop(cfg, params, ctx: Context, rng, active, temperature, top_p, *, max_new_tokens: int,
+                eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...], window: int):
+  """decode's device program, unjitted (launch.plan compiles it with its own shardings): a while_loop of
+  one-token steps; temperature and top_p are traced f32 scalars."""
   batch, _ = ctx.cache.valid.shape
   stop_len = max([len(s) for s in stop_seqs], default=1)
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
@@ -205,7 +209,8 @@ def _decode(cfg, params, ctx: Context, rng, active, temperature, top_p, *, max_n
   return ctx, Generated(tokens=tokens, logprobs=logprobs, lengths=lengths)
 
 
-_decode_jit = jax.jit(_decode, static_argnames=("cfg", "max_new_tokens", "eos_ids", "stop_seqs", "window"),
+_decode_jit = jax.jit(decode_loop,
+                      static_argnames=("cfg", "max_new_tokens", "eos_ids", "stop_seqs", "window"),
                       donate_argnames="ctx")
 
 

@@ -10,7 +10,9 @@ executables. Exits non-zero, saying what to change, when that does not fit --hbm
 the devices this process sees. --config.model takes the shape-only presets (qwen2.5-0.5b/1.5b/3b/7b,
 llama-3.1-8b), an HF folder (only config.json is read), or anything models.load takes. Temporaries are
 those of the backend that compiles (XLA:CPU when simulated): a guide for GPU/TPU, not a measurement.
-The update is planned in the free-text (generate) layout whatever rollout.mode says.
+The update is planned in the free-text (generate) layout whatever rollout.mode says. With --config.lora.rank
+the plan is a LoRA run's: the frozen base in the compute dtype (also the reference), float32 adapters and
+their moments, the once-per-iteration merge as a phase, and rollout on the merged weights.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def model_config(c):
   return cfg.replace(remat=c.get("remat", "none"))
 
 
+def lora_config(c):
+  """The LoraConfig of c.lora (rank 0: full fine-tuning)."""
+  from agentgen_jax.models.lora import LoraConfig
+  return LoraConfig(**c.lora.to_dict()) if "lora" in c else LoraConfig()
+
+
 def learner_config(c, **overrides):
   """LearnerConfig from c.learner, keeping only the fields LearnerConfig has (the schema is moving)."""
   from agentgen_jax.rl import learner
@@ -93,23 +101,46 @@ def _memory(compiled, resident_elsewhere: int) -> dict:
           "fresh_outputs": int(fresh_out), "total": int(total)}
 
 
-def _state(cfg, lcfg, mesh):
-  """The abstract TrainState (as learner.init_state builds it) with its FSDP shardings."""
+def _state(cfg, lcfg, lora_cfg, mesh):
+  """The abstract TrainState (as learner.init_state builds it) with its FSDP shardings. Under LoRA, as
+  agent.from_config builds it: the base cast to the compute dtype (TrainState.frozen), fresh float32
+  adapters (TrainState.params) with their Adam moments, no reference copy."""
   import jax
 
   from agentgen_jax import models, parallel
+  from agentgen_jax.models import lora
   from agentgen_jax.rl import learner
   params = jax.eval_shape(lambda: models.init_params(cfg, 0))
+  if lora_cfg.enabled:
+    params = jax.eval_shape(lambda p: lora.attach(jax.tree.map(lambda x: x.astype(cfg.dtype), p),
+                                                  lora.init(cfg, lora_cfg, 0), lora_cfg), params)
   state = jax.eval_shape(lambda p: learner.init_state(cfg, p, lcfg, jax.random.PRNGKey(0)), params)
   shardings = parallel.state_shardings(mesh, state)
   return _abstract(state, shardings), shardings
 
 
 def _state_parts(state, shardings) -> dict:
+  """Per-device bytes of the state's parts. Under LoRA "params" is the frozen base plus the adapters and
+  "optimizer" the adapters' moments; the base doubles as the reference (0 here)."""
   from agentgen_jax import parallel
   size = lambda name: parallel.per_device_bytes(getattr(state, name), getattr(shardings, name))
-  return {"params": size("params"), "optimizer": size("opt_state"), "reference": size("ref_params"),
-          "critic": size("critic_params") + size("critic_opt_state")}
+  return {"params": size("params") + size("frozen"), "optimizer": size("opt_state"),
+          "reference": size("ref_params"), "critic": size("critic_params") + size("critic_opt_state")}
+
+
+def state_bytes(c) -> dict:
+  """Per-device bytes of the training state of config `c` on its mesh ({"params", "optimizer",
+  "reference", "critic"}), from shapes alone: nothing is compiled."""
+  from agentgen_jax import parallel
+  mesh = parallel.mesh_from_spec(c.get("mesh", "data:-1"))
+  return _state_parts(*_state(model_config(c), learner_config(c), lora_config(c), mesh))
+
+
+def _jit_step(fn, mesh, state):
+  """The program training runs for `fn` (learner.jit_step's), lowered on the abstract state and batch."""
+  from agentgen_jax.rl import learner
+  jitted = learner.jit_state_step(fn, mesh, state)
+  return lambda batch: jitted.lower(state.replace(frozen=None), state.frozen, batch).compile()
 
 
 def _text_mode() -> str:
@@ -118,7 +149,7 @@ def _text_mode() -> str:
   return "generate" if "generate" in policy.MODES else "token"
 
 
-def plan_update(cfg, lcfg, mesh, seq_len: int):
+def plan_update(cfg, lcfg, lora_cfg, mesh, seq_len: int):
   """The RL update (free-text mode) on one minibatch of lcfg.mini_batch_size rows x seq_len tokens."""
   import jax.numpy as jnp
 
@@ -126,16 +157,15 @@ def plan_update(cfg, lcfg, mesh, seq_len: int):
   from agentgen_jax.rl import learner
   mode = _text_mode()
   parallel.check_rows(lcfg.micro_batch_size, mesh, "learner.micro_batch_size")
-  state, shardings = _state(cfg, lcfg, mesh)
+  state, shardings = _state(cfg, lcfg, lora_cfg, mesh)
   dtypes = {"tokens": jnp.int32, "positions": jnp.int32, "valid": jnp.bool_}
   batch = _rows(mesh, lcfg.mini_batch_size, seq_len,
                 {k: dtypes.get(k, jnp.float32) for k in learner.batch_keys(mode, lcfg)})
-  # The program training runs: learner.make_update(mesh=...) jits this with parallel.jit_state_step.
-  jitted = parallel.jit_state_step(functools.partial(learner._update, cfg, lcfg, mode, mesh), mesh, state)
-  return state, shardings, _memory(jitted.lower(state, batch).compile(), 0)
+  compiled = _jit_step(functools.partial(learner.update_step, cfg, lcfg, mode, mesh), mesh, state)(batch)
+  return state, shardings, _memory(compiled, 0)
 
 
-def plan_sft(cfg, c, mesh, seq_len: int):
+def plan_sft(cfg, c, lora_cfg, mesh, seq_len: int):
   """The SFT step on one batch of sft.batch_size demos x seq_len tokens (its own state, no reference)."""
   import jax.numpy as jnp
 
@@ -145,16 +175,50 @@ def plan_sft(cfg, c, mesh, seq_len: int):
   lcfg = learner_config(c, lr=c.sft.lr, kl_coef=0.0, critic="none", mini_batch_size=c.sft.batch_size,
                         micro_batch_size=micro)
   parallel.check_rows(micro, mesh, "sft.micro_batch_size (or sft.batch_size)")
-  state, _ = _state(cfg, lcfg, mesh)
+  state, _ = _state(cfg, lcfg, lora_cfg, mesh)
   batch = _rows(mesh, c.sft.batch_size, seq_len, {"tokens": jnp.int32, "positions": jnp.int32,
                                                   "valid": jnp.bool_, "loss_mask": jnp.float32})
-  jitted = parallel.jit_state_step(functools.partial(sft._step, cfg, lcfg, mesh), mesh, state)
-  return _memory(jitted.lower(state, batch).compile(), 0)
+  return _memory(_jit_step(functools.partial(sft.sft_step, cfg, lcfg, mesh), mesh, state)(batch), 0)
 
 
-def plan_rollout(cfg, c, mesh, state, shardings, resident_elsewhere: int, prefill_tokens: int):
-  """Prefill (extend) of a prefill_tokens chunk and a decode of rollout.max_new_tokens, for pool_size rows
-  with the Roller's KV cache capacity. Returns (kv cache bytes per device, {phase: memory})."""
+def rollout_params(state, shardings, mesh):
+  """The abstract params a rollout decodes on, their shardings, and the per-device bytes they share with
+  the state. Full fine-tuning: the policy params themselves. LoRA: the weights merged once per iteration
+  (rl_loop: lora.merged), new target kernels in the compute dtype, every other leaf the frozen base's."""
+  import jax
+
+  from agentgen_jax import parallel
+  from agentgen_jax.models import lora
+  from agentgen_jax.rl import learner
+  if state.frozen is None:
+    return state.params, shardings.params, parallel.per_device_bytes(state.params, shardings.params)
+  merged = jax.eval_shape(lambda s: lora.merge_attached(learner.policy_params(s)), state)
+  merged_sh = parallel.param_shardings(mesh, merged)
+  base = lora.detach(state.frozen)
+  kernels = lora.target_kernels(state.frozen)
+  shared = (parallel.per_device_bytes(base, parallel.param_shardings(mesh, base)) -
+            parallel.per_device_bytes(kernels, parallel.param_shardings(mesh, kernels)))
+  return _abstract(merged, merged_sh), merged_sh, shared
+
+
+def plan_merge(state, resident: int) -> dict:
+  """LoRA's once-per-iteration merge (lora.merged, jitted): the base's target kernels and the adapters in
+  (the rest of the `resident` state bytes stays where it is), merged kernels out, placed as the base's."""
+  import jax
+
+  from agentgen_jax import parallel
+  from agentgen_jax.models import lora
+  # The state's leaves carry their shardings (the adapters' too: the FSDP rule shards them in the state).
+  kernels = lora.target_kernels(state.frozen)
+  adapters = lora.join(state.frozen, state.params)["lora"]
+  inputs = parallel.per_device_bytes((kernels, adapters), jax.tree.map(lambda x: x.sharding,
+                                                                        (kernels, adapters)))
+  return _memory(lora.jitted_merge(kernels).lower(kernels, adapters).compile(), resident - inputs)
+
+
+def plan_rollout(cfg, c, mesh, params, params_sh, resident_elsewhere: int, prefill_tokens: int):
+  """Prefill (extend) of a prefill_tokens chunk and a decode of rollout.max_new_tokens on `params`, for
+  pool_size rows with the Roller's KV cache capacity. Returns (kv cache bytes per device, {phase: memory})."""
   import jax
   import jax.numpy as jnp
 
@@ -165,21 +229,20 @@ def plan_rollout(cfg, c, mesh, state, shardings, resident_elsewhere: int, prefil
   slots = (c.rollout.get("cache_slots") or
            sampling.bucket(2 * c.rollout.max_episode_tokens + 4 * c.rollout.max_new_tokens))
   # Where attention runs over a live window of the cache, plan the last turn's: the whole capacity.
-  window = {"window": slots} if "window" in inspect.signature(sampling._extend).parameters else {}
+  window = {"window": slots} if "window" in inspect.signature(sampling.extend_step).parameters else {}
   ctx = jax.eval_shape(lambda: sampling.Context(
       cache=models.init_cache(cfg, rows, slots), next_pos=jnp.zeros((rows,), jnp.int32),
       last_logits=jnp.zeros((rows, cfg.vocab_size), jnp.float32)))
   ctx_sh = parallel.cache_shardings(mesh, ctx)
   ctx = _abstract(ctx, ctx_sh)
   kv = parallel.per_device_bytes(ctx.cache, ctx_sh.cache)
-  params, params_sh = state.params, shardings.params
   rows_sh, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   chunk = _rows(mesh, rows, prefill_tokens, {"tokens": jnp.int32, "valid": jnp.bool_})
-  prefill = jax.jit(functools.partial(sampling._extend, cfg, **window), out_shardings=ctx_sh,
+  prefill = jax.jit(functools.partial(sampling.extend_step, cfg, **window), out_shardings=ctx_sh,
                     in_shardings=(params_sh, ctx_sh, rows_sh, rows_sh), donate_argnums=1)
   out = {"prefill": _memory(prefill.lower(params, ctx, chunk["tokens"], chunk["valid"]).compile(),
                             resident_elsewhere)}
-  decode_fn = functools.partial(sampling._decode, cfg, max_new_tokens=c.rollout.max_new_tokens,
+  decode_fn = functools.partial(sampling.decode_loop, cfg, max_new_tokens=c.rollout.max_new_tokens,
                                 eos_ids=tuple(cfg.eos_token_ids), stop_seqs=(), **window)
   decode = jax.jit(decode_fn, in_shardings=(params_sh, ctx_sh, rep, rows_sh, rep, rep), donate_argnums=1)
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
@@ -195,29 +258,34 @@ def plan(c, hbm_gb: float, prefill_tokens: int = 1024) -> dict:
   import jax
 
   from agentgen_jax import parallel, sampling
+  from agentgen_jax.models import lora
   cfg = model_config(c)
   mesh = parallel.mesh_from_spec(c.get("mesh", "data:-1"))
-  lcfg = learner_config(c)
+  lcfg, lora_cfg = learner_config(c), lora_config(c)
   seq_len = sampling.bucket(c.rollout.max_episode_tokens)
-  state, shardings, update = plan_update(cfg, lcfg, mesh, seq_len)
+  state, shardings, update = plan_update(cfg, lcfg, lora_cfg, mesh, seq_len)
   parts = _state_parts(state, shardings)
   resident = sum(parts.values())
   prefill_tokens = min(prefill_tokens, seq_len)  # a rollout's chunk never exceeds its episode
-  kv, phases = plan_rollout(cfg, c, mesh, state, shardings, resident - parts["params"], prefill_tokens)
-  phases["rl_update"] = update
+  params, params_sh, shared = rollout_params(state, shardings, mesh)
+  phases = {"merge": plan_merge(state, resident)} if lora_cfg.enabled else {}
+  kv, rollout = plan_rollout(cfg, c, mesh, params, params_sh, resident - shared, prefill_tokens)
+  phases.update(rollout, rl_update=update)
   if c.sft.tasks > 0:
-    phases["sft"] = plan_sft(cfg, c, mesh, seq_len)
+    phases["sft"] = plan_sft(cfg, c, lora_cfg, mesh, seq_len)
   peak = max(phases, key=lambda k: phases[k]["total"])
   per_device = dict(parts, kv_cache=kv, activations_peak=max(p["temp"] for p in phases.values()),
                     total=phases[peak]["total"])
   hbm = int(hbm_gb * GIB)
+  lora_info = ({"rank": lora_cfg.rank, "targets": list(lora_cfg.targets),
+                "adapter_params": lora.num_params(cfg, lora_cfg)} if lora_cfg.enabled else None)
   return {"devices": len(jax.devices()), "mesh": dict(mesh.shape), "per_device_bytes": per_device,
           "hbm_bytes": hbm, "fits": per_device["total"] <= hbm, "peak_phase": peak, "phases": phases,
           "model": {"name": c.model, "num_params": cfg.num_params(), "dtype": cfg.dtype,
                     "param_dtype": cfg.param_dtype, "remat": cfg.remat, "seq_len": seq_len,
                     "mini_batch_size": lcfg.mini_batch_size, "micro_batch_size": lcfg.micro_batch_size,
                     "pool_size": c.pool_size, "prefill_tokens": prefill_tokens,
-                    "backend": jax.default_backend()}}
+                    "backend": jax.default_backend(), "lora": lora_info}}
 
 
 # -------------------------------------------------------------------------------------------- reporting
@@ -256,6 +324,10 @@ def table(report: dict) -> str:
            f"remat {m['remat']}; mesh {mesh} on {report['devices']} {m['backend']} devices",
            f"update: {m['mini_batch_size']} rows x {m['seq_len']} tokens, micro-batch "
            f"{m['micro_batch_size']}; rollout: {m['pool_size']} rows, prefill chunk {m['prefill_tokens']}",
+           *([f"LoRA rank {m['lora']['rank']} on {','.join(m['lora']['targets'])}: "
+              f"{m['lora']['adapter_params'] / 1e6:.4g}M float32 adapter params; params = the frozen base "
+              f"({m['dtype']}, also the reference) + the adapters, optimizer = the adapters' moments"]
+             if m.get("lora") else []),
            f"{'per device':<18}{'GiB':>9}"]
   for part in PARTS:
     note = f"   (peak phase: {report['peak_phase']})" if part == "total" else ""

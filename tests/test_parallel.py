@@ -214,7 +214,7 @@ FSDP_UPDATE = textwrap.dedent("""
            "old_logprobs": -3 * rng.random((b, t)).astype(np.float32),
            "advantages": rng.normal(size=(b, t)).astype(np.float32),
            "ref_logprobs": -3 * rng.random((b, t)).astype(np.float32)}
-  fn = functools.partial(learner._update, cfg, lcfg, mode, None)
+  fn = functools.partial(learner.update_step, cfg, lcfg, mode, None)
 
   def train(mesh):
     state = learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(0))

@@ -4,10 +4,12 @@ per-seed evals, interval metrics and a report."""
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 
+from agentgen_jax import agent as agent_lib
 from agentgen_jax.study import metrics, seeds
 
 
@@ -101,3 +103,13 @@ def test_one_seed_runs_in_the_workdir_itself_and_gains_intervals(tmp_path):
   assert stored["metrics"]["bootstrap"]["seeds"] == [10]
   assert set(stored["metrics"]["intervals"]["transfer/rl/babyai/all"]["per_seed"]) == {"10"}
   assert "## Evaluations\n" in open(tmp_path / "report.md").read()
+
+
+def test_the_random_init_of_a_preset_follows_the_run_seed():
+  """config.seed reaches the tiny model's init (a study's seeds differ from the first step), and repeats."""
+  def leaves(seed):
+    return [np.asarray(x) for x in jax.tree.leaves(agent_lib.load("tiny", seed=seed).params)]
+
+  a, b, a2 = leaves(0), leaves(1), leaves(0)
+  assert all(np.array_equal(x, y) for x, y in zip(a, a2))
+  assert sum(not np.array_equal(x, y) for x, y in zip(a, b)) >= len(a) // 2

@@ -54,9 +54,9 @@ def default_dtype() -> str:
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = None,
+def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = None, seed: int = 0,
          place: Callable[[Any], Any] | None = None) -> tuple[ModelConfig, dict]:
-  """(config, params) for a preset name (random init, seed 0), an embedded name, an HF folder or a .gguf.
+  """(config, params) for a preset name (random init from `seed`), an embedded name, an HF folder or a .gguf.
 
   dtype: the compute dtype (default default_dtype()); param_dtype: the storage dtype of the params
   (default float32: master weights for training, whatever the checkpoint's own dtype). Shape-only
@@ -73,7 +73,7 @@ def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = 
   dtypes = dict(dtype=dtype or default_dtype(), param_dtype=param_dtype or "float32")
   if name_or_path in config_lib.preset_names():
     cfg = config_lib.preset(name_or_path, **dtypes)
-    params = init_params(cfg, jax.random.PRNGKey(0))
+    params = init_params(cfg, jax.random.PRNGKey(seed))
     return cfg, params if place is None else place(params)
   path = _model_path(name_or_path)
   if os.path.isdir(path):

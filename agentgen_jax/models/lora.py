@@ -130,23 +130,61 @@ def detach(params: dict) -> dict:
   return {k: v for k, v in params.items() if k != "lora"}
 
 
+def merge_kernels(kernels: dict, lora: dict) -> dict:
+  """{name: W + scale·A·B} for the target kernels {name: [L, in, out]} and their adapter entries (an attached
+  tree's "lora"), each in its kernel's dtype. Layer by layer into a copy of W (fori_loop): the float32 product
+  of one layer is the only temporary (XLA:CPU, Qwen2.5-0.5B rank 64: 0.23 GB of temporaries against 1.6 GB
+  with lax.map and 2.5 GB unrolled, for 0.72 GB of kernels)."""
+  def one(w, e):
+    def layer(i, out):
+      delta = jnp.dot(e["a"][i].astype(jnp.float32), e["b"][i].astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST)
+      return out.at[i].set((out[i].astype(jnp.float32) + e["scale"][i].astype(jnp.float32) * delta)
+                           .astype(w.dtype))
+    return jax.lax.fori_loop(0, w.shape[0], layer, w)
+  return {name: one(w, lora[name]) for name, w in kernels.items()}
+
+
+def target_kernels(params: dict) -> dict:
+  """{name: kernel} of the base kernels an attached tree's adapters apply to."""
+  return {name: params["layers"][name]["kernel"] for name in params["lora"] if name != "rng"}
+
+
+def _with_kernels(params: dict, kernels: dict) -> dict:
+  """The base of an attached tree with these target kernels; every other leaf is the base's (not copied)."""
+  layers = {**params["layers"], **{n: {**params["layers"][n], "kernel": k} for n, k in kernels.items()}}
+  return {**detach(params), "layers": layers}
+
+
 def merge_attached(params: dict) -> dict:
   """An attached tree -> plain params with W + scale·A·B in each target kernel (in its dtype)."""
-  layers = dict(params["layers"])
-  for name, e in params["lora"].items():
-    if name == "rng":
-      continue
-    kernel = layers[name]["kernel"]
-    delta = jnp.einsum("lir,lro,l->lio", e["a"].astype(jnp.float32), e["b"].astype(jnp.float32),
-                       e["scale"].astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
-    layers[name] = {**layers[name], "kernel": (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)}
-  return {**detach(params), "layers": layers}
+  return _with_kernels(params, merge_kernels(target_kernels(params), params["lora"]))
+
+
+_MERGE_JITS: dict = {}
+
+
+def jitted_merge(kernels: dict):
+  """merge_kernels jitted for these kernels (arrays or ShapeDtypeStructs), each merged kernel placed as its
+  base kernel (FSDP-sharded under a mesh)."""
+  shardings = {n: getattr(k, "sharding", None) for n, k in kernels.items()}
+  key = tuple(sorted(shardings.items(), key=lambda kv: kv[0]))
+  if key not in _MERGE_JITS:
+    placed = all(isinstance(s, jax.sharding.Sharding) for s in shardings.values())
+    _MERGE_JITS[key] = jax.jit(merge_kernels, out_shardings=shardings if placed else None)
+  return _MERGE_JITS[key]
 
 
 def merged(params: dict) -> dict:
   """params with any attached adapters merged in (plain params unchanged): a rollout merges once per
-  iteration, since decoding on merged weights is faster than running the branch at every step."""
-  return merge_attached(params) if is_attached(params) else params
+  iteration, since decoding on merged weights is faster than running the branch at every step. Jitted, each
+  merged kernel where its base kernel lives: op by op, every [L, in, out] float32 product would be
+  materialised whole, and replicated on every device under a mesh."""
+  if not is_attached(params):
+    return params
+  kernels = target_kernels(params)
+  lora = {n: e for n, e in params["lora"].items() if n != "rng"}
+  return _with_kernels(params, jitted_merge(kernels)(kernels, lora))
 
 
 def merge(base: dict, adapters: dict, lora_cfg: LoraConfig) -> dict:

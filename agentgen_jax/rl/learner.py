@@ -315,7 +315,9 @@ def loss_gradients(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: Train
   return grads, metrics
 
 
-def _update(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, minibatch):
+def update_step(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, minibatch):
+  """One optimiser step as a pure function, `(state, minibatch) -> (state, metrics)`: what make_update jits
+  and launch.plan compiles ahead of time."""
   (g_policy, g_critic), metrics = loss_gradients(model_cfg, lcfg, mode, mesh, state, minibatch)
   updates, opt_state = make_optimizer(lcfg).update(g_policy, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -329,25 +331,32 @@ def _update(model_cfg, lcfg: LearnerConfig, mode: str, mesh, state: TrainState, 
   return state, metrics
 
 
-def jit_step(fn, mesh=None):
-  """jit of `fn(state, batch) -> (state, metrics)` with the state donated, except its frozen LoRA base
-  (passed beside it, neither donated nor returned: never copied); with a mesh, the state in and out with
-  its FSDP shardings, the base with the params' rule, the batch rows over the batch axes, the metrics
-  replicated (built at the first call: the shardings follow the state's structure)."""
+def jit_state_step(fn, mesh, state):
+  """jax.jit of `fn(state, batch) -> (state, metrics)` called as `jitted(state less frozen, frozen, batch)`:
+  the state donated, its frozen LoRA base (None without LoRA) passed beside it, neither donated nor returned
+  (never copied). With a mesh: the state in and out with its FSDP shardings, the base with the params' rule,
+  the batch rows over the batch axes, the metrics replicated. `state` (arrays or ShapeDtypeStructs) gives the
+  structure the shardings follow; launch.plan lowers the result on abstract arrays."""
   def without_frozen(state, frozen, batch):
     state, metrics = fn(state.replace(frozen=frozen), batch)
     return state.replace(frozen=None), metrics
 
+  if mesh is None:
+    return jax.jit(without_frozen, donate_argnums=0)
+  shardings = parallel.state_shardings(mesh, state.replace(frozen=None))
+  frozen = None if state.frozen is None else parallel.param_shardings(mesh, state.frozen)
+  return jax.jit(without_frozen, in_shardings=(shardings, frozen, parallel.batch_sharding(mesh)),
+                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+
+def jit_step(fn, mesh=None):
+  """`step(state, batch) -> (state, metrics)`: jit_state_step of fn, built at the first call (the shardings
+  follow the state's structure), the frozen base put back into the returned state."""
   jitted = []
 
   def step(state, batch):
-    if not jitted and mesh is None:
-      jitted.append(jax.jit(without_frozen, donate_argnums=0))
-    elif not jitted:
-      shardings = parallel.state_shardings(mesh, state.replace(frozen=None))
-      frozen = None if state.frozen is None else parallel.param_shardings(mesh, state.frozen)
-      jitted.append(jax.jit(without_frozen, in_shardings=(shardings, frozen, parallel.batch_sharding(mesh)),
-                            out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0))
+    if not jitted:
+      jitted.append(jit_state_step(fn, mesh, state))
     if mesh is not None:  # every process holds the whole batch: each places its own rows
       batch = parallel.shard_batch(batch, mesh)
     new_state, metrics = jitted[0](state.replace(frozen=None), state.frozen, batch)
@@ -364,7 +373,7 @@ def make_update(model_cfg, lcfg: LearnerConfig, mode: str = "generate", mesh=Non
   """
   policy.unit_mask_key(mode)  # validates mode
   keys = batch_keys(mode, lcfg)
-  jitted = jit_step(functools.partial(_update, model_cfg, lcfg, mode, mesh), mesh)
+  jitted = jit_step(functools.partial(update_step, model_cfg, lcfg, mode, mesh), mesh)
 
   def update(state, minibatch):
     missing = [k for k in keys if k not in minibatch]

@@ -26,7 +26,9 @@ def _sums(model_cfg, params, mb):
   return nll, {"loss": nll, "accuracy": correct}
 
 
-def _step(model_cfg, lcfg: learner.LearnerConfig, mesh, state: learner.TrainState, batch):
+def sft_step(model_cfg, lcfg: learner.LearnerConfig, mesh, state: learner.TrainState, batch):
+  """One SFT step as a pure function, `(state, batch) -> (state, metrics)`: what make_sft_step jits and
+  launch.plan compiles ahead of time."""
   # Token 0 of a row has no prediction: it never counts as a loss token.
   n_tokens = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:] > 0).astype(jnp.float32), 1.0)
   micro = learner.split_micro(learner.with_row_index(batch), lcfg.micro_batch_size, mesh)
@@ -49,7 +51,7 @@ def make_sft_step(model_cfg, lcfg: learner.LearnerConfig, mesh=None):
   batch: tokens, positions [B, T] i32, valid [B, T] bool, loss_mask [B, T] (B a multiple of
   lcfg.micro_batch_size). Metrics: loss (NLL per token), accuracy (greedy next-token), grad_norm, n_tokens.
   """
-  jitted = learner.jit_step(functools.partial(_step, model_cfg, lcfg, mesh), mesh)
+  jitted = learner.jit_step(functools.partial(sft_step, model_cfg, lcfg, mesh), mesh)
 
   def step(state, batch):
     return jitted(state, {k: batch[k] for k in SFT_KEYS})

@@ -216,19 +216,14 @@ class Study:
       out["difficulty"] = table
     if s.protocol == "sequential":
       final = {(e["stage"], e["env"]): e["avg_score"] for e in all_diff}
-      sequences, gains = [], {}
-      for order in [list(o) for o in s.orders] or [self.envs]:
-        stages = [BASE] + ["after:" + ">".join(order[:i + 1]) for i in range(len(order))]
-        if not all((st, order[0]) in final for st in stages):
-          continue
-        r = metrics.r_matrix(all_diff, stages, self.envs)
-        seq = metrics.sequence_metrics(r, order, self.envs)
-        sequences.append(dict(seq, order=order, envs=self.envs, stages=stages, r=r))
-        last_env = order[-1]
-        alone = final.get((f"after:{last_env}", last_env))
+      sequences = metrics.sequences(all_diff, [list(o) for o in s.orders] or [self.envs])
+      gains = {}
+      for seq in sequences:
+        order, stages = seq["order"], seq["stages"]
+        alone = final.get((f"after:{order[-1]}", order[-1]))
         if len(order) > 1 and alone is not None:
-          gains[">".join(order)] = {"env": last_env,
-                                    "gain": metrics.downstream_gain(final[(stages[-1], last_env)], alone)}
+          gains[">".join(order)] = {"env": order[-1],
+                                    "gain": metrics.downstream_gain(final[(stages[-1], order[-1])], alone)}
         if ("mixture", order[0]) in final:
           out["mixture_vs_sequential"] = {
               env: {"sequential": final[(stages[-1], env)], "mixture": final[("mixture", env)],

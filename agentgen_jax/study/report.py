@@ -236,9 +236,11 @@ def render_markdown(results: dict, plots: Sequence[str]) -> str:
   lines = [f"# {results['protocol']} study — {results['model']}", ""]
   config = results.get("config", {})
   if config:
-    keys = ("envs", "order", "algo", "mode", "iterations", "tasks_per_iteration", "group_size", "seed",
-            "seeds")
-    summary = ", ".join(f"{k}={config[k]}" for k in keys if k in config)
+    keys = ("envs", "order", "mode", "iterations", "tasks_per_iteration", "group_size", "seed", "seeds")
+    parts = [f"{k}={config[k]}" for k in keys if k in config]
+    parts += [f"{k}={config[section][k]}" for section, k in (("rollout", "mode"), ("learner", "estimator"))
+              if isinstance(config.get(section), dict) and k in config[section]]
+    summary = ", ".join(parts)
     lines += [f"Config: {summary}", ""]
   lines += interval_sections(results)
   seeded = len(metrics.seeds_of(evals)) > 1

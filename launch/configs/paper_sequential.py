@@ -5,8 +5,17 @@ order), each stage evaluated on all five envs, against joint mixture training wi
       --config.model=/models/Qwen2.5-7B-Instruct --workdir=/runs/sequential_7b
 
 Expected cost: 10 sequential stages + 1 mixture stage (750 iterations) + the two single-env baselines of the
-last envs; ~25-40 H100-hours for 7B. Expected result (the paper's finding): little upstream forgetting
-(|BWT| small), positive downstream gain, sequential close to the mixture.
+last envs. Time: not measured (no accelerator was lent); "~25-40 H100-hours for 7B" is an estimate, not a
+measurement.
+Memory (python -m launch.plan --config=<this file> --config.model=qwen2.5-7b --config.remat=full --devices=N
+--hbm_gb=80 and the flags below; XLA:CPU temporaries: a guide, not a measurement; 2026-11-30, commit c6af930):
+- 8×H100-80GB, --config.mesh=fsdp:8 --config.learner.micro_batch_size=8 --config.pool_size=32: per device
+  params 3.55 + Adam moments 7.09 + reference 3.55 + KV cache 5.25 GiB; peak 49.2 GiB in the RL update: fits.
+- one 80 GB GPU, --config.learner.micro_batch_size=1 --config.pool_size=4: full fine-tuning 202 GiB (does
+  not fit); with --config.lora.rank=64 --config.lora.alpha=128, 79.8 GiB at the prefill: fits, barely
+  (README, LoRA).
+Expected result (the paper's finding): little upstream forgetting (|BWT| small), positive downstream gain,
+sequential close to the mixture.
 """
 
 from launch.configs import paper_common

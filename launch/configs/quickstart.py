@@ -19,7 +19,11 @@ from launch.configs import study_small
 def get_config():
   c = study_small.small(["babyai"], iterations=8)
   c.sft.tasks = 300
-  c.rollout.max_turns = 10
+  # A BabyAI turn costs ~200 tokens (observation + the listed valid actions), the first prompt ~420: 1536
+  # tokens hold 5-6 turns (the easy expert needs 1.9 on average, at most 5). study_small's 768 held 2-3, so
+  # every task needing a third action was cut ("episode_tokens") and its demos were skipped from SFT.
+  c.rollout.max_turns = 6
+  c.rollout.max_episode_tokens = 1536
   c.eval.envs = ("babyai",)
   c.learner.lr, c.learner.mini_batch_size = 3e-4, 16
   c.eval.k, c.eval.temperature = 1, 0.0  # greedy
