@@ -25,15 +25,17 @@ class Agent:
 
 
 def load(model: str, tokenizer: str = "", dtype: str = "", system_prompt: str | None = None,
-         param_dtype: str = "", remat: str = "none", seed: int = 0) -> Agent:
+         param_dtype: str = "", remat: str = "none", seed: int = 0, mesh=None) -> Agent:
   """The agent `model` names (see models.load); `tokenizer` defaults to the model's own. `dtype` is the
   compute dtype; params stay float32 unless `param_dtype` says otherwise; a preset's random init follows
-  `seed`."""
-  cfg, params = models.load(model, dtype=dtype or None, param_dtype=param_dtype or None, seed=seed)
+  `seed`. With a mesh the params go from the host straight into their FSDP shardings."""
+  place = None if mesh is None else (lambda params: parallel.place_params(params, mesh))
+  cfg, params = models.load(model, dtype=dtype or None, param_dtype=param_dtype or None, seed=seed,
+                            place=place)
   cfg = cfg.replace(remat=remat)
   tok = tokenizer_lib.load(tokenizer or model)
   tokenizer_lib.check_compatible(tok, cfg)
-  return Agent(cfg, params, tok, rollout.ChatFormat(tok, system_prompt or None))
+  return Agent(cfg, params, tok, rollout.ChatFormat(tok, system_prompt or None), mesh)
 
 
 def run_mesh(cfg):
@@ -48,7 +50,7 @@ def from_config(cfg, mesh=None) -> Agent:
   params placed over `mesh` (from run_mesh(cfg)). With cfg.lora.rank > 0 its params are the base in the
   compute dtype with fresh LoRA adapters attached (equal to the base until trained)."""
   agent = load(cfg.model, cfg.tokenizer, cfg.dtype, cfg.rollout.system_prompt, cfg.param_dtype, cfg.remat,
-               seed=cfg.seed)
+               seed=cfg.seed, mesh=mesh)
   params = agent.params
   if cfg.lora.enabled:
     base = jax.tree.map(lambda x: x.astype(agent.cfg.dtype), params)

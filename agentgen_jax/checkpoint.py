@@ -161,9 +161,14 @@ class Checkpointer:
     return dict(restored.meta)
 
   def restore_raw(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores without a target structure (as saved: nested dicts of numpy arrays)."""
-    restored = self._newest_good(step, lambda s: self._manager.restore(s, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())))
+    """Restores without a target structure (as saved: nested dicts of arrays), each array whole on this
+    process's first device, whatever mesh or number of processes saved it (orbax refuses to restore a
+    saved sharding on another topology: a pod's run evaluated on one host)."""
+    def read(s):
+      return self._manager.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_whole_on_one_device(os.path.join(self.step_dir(s), "state"))),
+          meta=ocp.args.JsonRestore()))
+    restored = self._newest_good(step, read)
     return restored.state, dict(restored.meta)
 
   def _newest_good(self, step: int | None, read: Callable[[int], Any]) -> Any:
@@ -210,6 +215,18 @@ class Checkpointer:
     self._manager.close()
 
 
+def _whole_on_one_device(state_dir: str):
+  """The saved tree's shapes and dtypes (from its orbax metadata), each on this process's first device."""
+  from etils import epath
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    saved = handler.metadata(epath.Path(state_dir)).tree
+  finally:
+    handler.close()
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+
+
 def _abstract(x):
   if isinstance(x, jax.Array):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
@@ -219,12 +236,15 @@ def _abstract(x):
 
 
 def params_digest(params: Any) -> str:
-  """A SHA-256 over every leaf's bytes, in tree order: equal digests = bit-identical params."""
+  """A SHA-256 over every leaf's bytes, in tree order: equal digests = bit-identical params (on several
+  processes a collective: each leaf is gathered whole)."""
   import hashlib
+
+  from agentgen_jax import parallel
   h = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(_to_savable(params))[0]:
     h.update(jax.tree_util.keystr(path).encode())
-    arr = np.asarray(jax.device_get(leaf))
+    arr = parallel.to_host(leaf)
     h.update(str(arr.dtype).encode() + str(arr.shape).encode())
     h.update(np.ascontiguousarray(arr).tobytes())
   return h.hexdigest()

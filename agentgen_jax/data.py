@@ -16,6 +16,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from agentgen_jax import distributed
+
 # Per-token arrays of a record, with their dtypes on disk.
 TOKEN_FIELDS = {"tokens": np.int32, "loss_mask": np.int8, "logprobs": np.float32,
                 "rewards": np.float32, "turn_ids": np.int32}
@@ -87,8 +89,11 @@ def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
 def write_episodes(records: Iterable[dict[str, Any]], folder: str, split: str = "train") -> str:
   """Writes episodes as a TFDS array_record dataset under `folder` plus `folder/<split>.jsonl`.
 
-  Returns the dataset directory (pass it to `read_episodes`).
+  Returns the dataset directory (pass it to `read_episodes`). On several processes only process 0 writes
+  (every process has the same records); the others return `folder`.
   """
+  if not distributed.is_primary():
+    return folder
   records = [normalize_record(r) for r in records]
   os.makedirs(folder, exist_ok=True)
   # A new TFDS builder mkdtemp()s a folder for metadata from its (disabled) GCS bucket and never removes it:
@@ -139,7 +144,9 @@ def _jsonable(value):
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: str) -> None:
-  """Writes records as one JSON object per line (atomically: a temp file then rename)."""
+  """Writes records as one JSON object per line (atomically: a temp file then rename); on process 0 alone."""
+  if not distributed.is_primary():
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from agentgen_jax import config as config_lib
-from agentgen_jax import data, logs, rollout, sampling
+from agentgen_jax import data, distributed, logs, rollout, sampling
 from agentgen_jax.rl import learner, sft
 from agentgen_jax.tasks import TaskStream
 
@@ -62,12 +62,16 @@ def expert_episodes(pool, chat: rollout.ChatFormat, tasks: Sequence[tuple[str, s
 
 
 def load_demos(cfg: config_lib.RunConfig, agent, pool, workdir: str) -> list[dict]:
-  """The run's expert demos (workdir/demos, written on first use), those that fit an episode's tokens."""
+  """The run's expert demos (workdir/demos, written on first use), those that fit an episode's tokens.
+
+  On several processes each plays every demo (the experts are deterministic), process 0 writes them, and
+  all read them back from the shared workdir."""
   demo_dir = os.path.join(workdir, "demos")
-  if not os.path.exists(os.path.join(demo_dir, "train.jsonl")):
+  if not distributed.agreed(os.path.exists(os.path.join(demo_dir, "train.jsonl"))):
     stream = TaskStream.training(cfg, pool, cfg.seed + 1)
     eps = expert_episodes(pool, agent.chat, stream.next(cfg.sft.tasks), cfg.rollout.mode)
     data.write_episodes([ep.record("expert") for ep in eps], demo_dir)
+    distributed.sync("agentgen_demos_written")
   source = data.read_episodes(demo_dir)
   # Demos longer than an episode may be in a rollout teach nothing usable and cost T^2 attention memory.
   demos = [d for d in (data.decode_record(source[i]) for i in range(len(source)))
@@ -87,7 +91,8 @@ def sft_warm_start(cfg: config_lib.RunConfig, agent, pool, out: logs.StageOutput
   rng = np.random.default_rng(cfg.seed)
   step = 0
   per_epoch = len(sft_batches(demos, cfg.sft.batch_size, np.random.default_rng(0)))  # fixed per epoch
-  with tqdm(total=cfg.sft.epochs * per_epoch, desc=f"SFT on {len(demos)} demos") as bar:
+  with tqdm(total=cfg.sft.epochs * per_epoch, desc=f"SFT on {len(demos)} demos",
+            disable=not distributed.is_primary()) as bar:
     for epoch in range(cfg.sft.epochs):
       for idx, seq_len in sft_batches(demos, cfg.sft.batch_size, rng):
         batch = records_to_token_batch([demos[i] for i in idx], seq_len)

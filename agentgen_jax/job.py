@@ -1,5 +1,6 @@
 """The train command's whole job: evaluate the base model, SFT warm start and/or RL, evaluate again, and write
-results.json and report.md (and optionally an HF export). Every step is resumable: a rerun continues."""
+results.json and report.md (and optionally an HF export). Every step is resumable: a rerun continues.
+On several processes every one runs this, on the same shared workdir; process 0 alone writes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from typing import Callable
 
 from agentgen_jax import agent as agent_lib
-from agentgen_jax import checkpoint, logs, models, rl_loop
+from agentgen_jax import checkpoint, distributed, logs, models, parallel, rl_loop
 from agentgen_jax import config as config_lib
 from agentgen_jax.evaluation import Evaluator
 from agentgen_jax.study import failures, metrics, report
@@ -16,11 +17,14 @@ from agentgen_jax.tasks import make_pool
 
 
 def cached_json(path: str, fn: Callable[[], object]):
-  """fn() once: its JSON result is kept in `path`, so a resumed job does not redo finished work."""
-  if os.path.exists(path):
+  """fn() once: its JSON result is kept in `path`, so a resumed job does not redo finished work. (Whether
+  it is kept is process 0's view, so that every process runs fn() or none does.)"""
+  if distributed.agreed(os.path.exists(path)):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   value = fn()
+  if not distributed.is_primary():
+    return value
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(value, f, default=float)
@@ -35,8 +39,9 @@ def run(cfg: config_lib.RunConfig, workdir: str, mesh=None) -> dict:
   written)."""
   mesh = agent_lib.run_mesh(cfg) if mesh is None else mesh
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(config_lib.to_dict(cfg), f, indent=1, default=str)
+  if distributed.is_primary():
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(config_lib.to_dict(cfg), f, indent=1, default=str)
   agent = agent_lib.from_config(cfg, mesh)
   eval_envs = list(cfg.eval.envs) or list(cfg.envs)
   logger = logs.Logger(workdir)
@@ -67,8 +72,11 @@ def run(cfg: config_lib.RunConfig, workdir: str, mesh=None) -> dict:
              "final_params_digest": checkpoint.params_digest(params)}
   report.write_report(results, workdir)
   if cfg.export_hf:
-    models.save_hf(agent.cfg, params, os.path.join(workdir, "hf_export"), tokenizer=agent.tokenizer)
-    if models.lora.is_attached(params):  # LoRA: hf_export holds the merged weights, this the adapters alone
+    params = parallel.to_host(params)  # whole on every process (a gather of the FSDP shards)
+    if distributed.is_primary():
+      models.save_hf(agent.cfg, params, os.path.join(workdir, "hf_export"), tokenizer=agent.tokenizer)
+    # LoRA: hf_export holds the merged weights, this the adapters alone
+    if models.lora.is_attached(params) and distributed.is_primary():
       models.save_peft(models.lora.split(params)[1], cfg.lora, os.path.join(workdir, "peft_adapter"),
                        base_model=cfg.model)
   return results

@@ -1,4 +1,5 @@
-"""Training logs in the workdir: JSON lines (log.jsonl) and TensorBoard event files (tb/)."""
+"""Training logs in the workdir: JSON lines (log.jsonl) and TensorBoard event files (tb/), written by
+process 0 alone when the job spans several processes."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import time
 
 import numpy as np
 
+from agentgen_jax import distributed
+
 
 class Logger:
-  """JSON lines and TensorBoard event files in the workdir."""
+  """JSON lines and TensorBoard event files in the workdir (on process 0; elsewhere it writes nothing)."""
 
   def __init__(self, workdir: str):
+    self._json = self._tb = None
+    if not distributed.is_primary():
+      return
     os.makedirs(workdir, exist_ok=True)
     self._json = open(os.path.join(workdir, "log.jsonl"), "a", encoding="utf-8")
     try:
@@ -23,6 +29,8 @@ class Logger:
       self._tb = None
 
   def log(self, record: dict) -> None:
+    if self._json is None:
+      return
     self._json.write(json.dumps(dict(record, time=time.time()), default=float) + "\n")
     self._json.flush()
 
@@ -34,7 +42,8 @@ class Logger:
         self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
 
   def close(self) -> None:
-    self._json.close()
+    if self._json is not None:
+      self._json.close()
     if self._tb is not None:
       self._tb.close()
 

@@ -1,16 +1,19 @@
 """Device meshes and the sharding rules, in one place: batch rows (and the KV cache rows) over the mesh
 axes (data, fsdp) jointly, params / optimizer state / reference / critic sharded over `fsdp` (FSDP);
-jax.distributed start-up when the job spans several hosts."""
+on several hosts, the rows each process holds and how they
+become global arrays (start-up and agreement between processes: distributed.py)."""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from agentgen_jax import distributed
 
 AXES = ("data", "fsdp")
 MESH_FORMS = "'data:-1', 'fsdp:8', 'data:2,fsdp:4'"
@@ -43,7 +46,14 @@ def make_mesh(devices: Sequence[jax.Device] | None = None,
                      f"got {len(devices)}")
   # Auto axes: the partitioner places the intermediates. (With Explicit axes the embedding gather of a
   # sharded table by sharded token ids is a ShardingTypeError.)
-  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names),
+  axis_types = (AxisType.Auto,) * len(names)
+  if len({d.process_index for d in devices}) > 1:
+    # Process-major: each process's devices are contiguous in the mesh, so each holds one block of the
+    # batch rows (process_rows), the layout the rollout's per-process rows assume. (jax.make_mesh may
+    # order a TPU slice's devices by its physical rings, interleaving hosts.)
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(ordered, dtype=object).reshape(sizes), tuple(names), axis_types=axis_types)
+  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=axis_types,
                        devices=devices)
 
 
@@ -145,15 +155,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(tree, mesh: Mesh):
-  """Places every leaf of `tree` with its leading dimension over the batch axes.
-
-  Single host: leaves are the global batch. Multi-host: each process passes its own slice of the
-  batch (leading dim = global / process_count) and gets back global arrays.
-  """
-  sharding = batch_sharding(mesh)
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+  """Places every leaf of `tree` (the whole batch, the same on every process) with its leading dimension
+  over the batch axes; on several processes each keeps its own rows. (A process holding only its own rows
+  uses from_process_rows.)"""
+  return jax.device_put(tree, batch_sharding(mesh))
 
 
 # ------------------------------------------------------------------------------------------ FSDP rules
@@ -225,35 +230,60 @@ def per_device_bytes(tree, shardings) -> int:
 
 # ------------------------------------------------------------------------------------------ multi-host
 
-def _multi_host_environment() -> str | None:
-  """Which multi-host launcher this process runs under, or None when it is a single host."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    return "JAX_COORDINATOR_ADDRESS"
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-    return "slurm"
-  # A TPU VM pod slice lists every worker of the slice; a single TPU VM lists one (or none).
-  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-  if len(hosts) > 1:
-    return "tpu"
-  return None
-
-
 def initialize_distributed() -> bool:
-  """Calls jax.distributed.initialize() when run on several hosts (TPU pod slice, Slurm, or
-  JAX_COORDINATOR_ADDRESS set); a no-op on one host. Call before anything touches jax.devices().
+  """distributed.initialize(): jax.distributed on several hosts (TPU pod slice, Slurm, or
+  JAX_COORDINATOR_ADDRESS set), a no-op on one. Call before anything touches jax.devices()."""
+  return distributed.initialize()
 
-  Returns whether the distributed runtime was started.
-  """
-  kind = _multi_host_environment()
-  if kind is None:
-    return False
-  if kind == "JAX_COORDINATOR_ADDRESS":
-    # Explicit launch: the address, process count and id come from the environment.
-    jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
-        process_id=int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
-  else:
-    # TPU pod slices and Slurm are detected by JAX itself from their environment variables.
-    jax.distributed.initialize()
-  return True
+
+def process_rows(mesh: Mesh | None, rows: int) -> tuple[int, slice]:
+  """(block, rows) of a [rows, ...] batch split over the batch axes that this process holds: its rows are
+  one contiguous block of rows / process_count (block = its position). Every process holds all of them
+  without a mesh or on one process."""
+  n = jax.process_count()
+  if mesh is None or n == 1:
+    return 0, slice(0, rows)
+  indices = batch_sharding(mesh).addressable_devices_indices_map((rows,)).values()
+  start = min(ix[0].start or 0 for ix in indices)
+  stop = max(rows if ix[0].stop is None else ix[0].stop for ix in indices)
+  if stop - start != rows // n or start % (rows // n):
+    raise ValueError(f"process {jax.process_index()} holds rows {start}:{stop} of {rows}: not one block "
+                     f"of {rows // n}; build the mesh with every host's devices contiguous (make_mesh)")
+  return start // (rows // n), slice(start, stop)
+
+
+def from_process_rows(tree, mesh: Mesh | None, rows: int):
+  """Global arrays [rows, ...] from each process's own block of rows (process_rows(mesh, rows)): numpy
+  leaves [rows / process_count, ...]. Without a mesh, the leaves as device arrays."""
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, tree)
+  sharding = batch_sharding(mesh)
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (rows,) + x.shape[1:])
+  return jax.tree.map(place, tree)
+
+
+def own_rows(x) -> np.ndarray:
+  """This process's block of rows (process_rows) of an array whose rows are split over the batch axes,
+  as numpy; the whole array on one process."""
+  if jax.process_count() == 1 or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  blocks, seen = [], set()
+  for shard in shards:  # rows replicated over a non-batch axis appear once per device
+    key = shard.index[0].start or 0
+    if key not in seen:
+      seen.add(key)
+      blocks.append(np.asarray(shard.data))
+  return np.concatenate(blocks)
+
+
+def to_host(tree):
+  """Every leaf as numpy, whole, on every process (a collective on several processes: all must call it)."""
+  def fetch(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agentgen_jax import checkpoint, data, demos, logs, models, rollout
+from agentgen_jax import checkpoint, data, demos, distributed, logs, models, rollout
 from agentgen_jax import config as config_lib
 from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
@@ -39,7 +39,8 @@ def check_finite(m: dict, params, iteration: int, ckpt_dir: str, last_good: int 
 def _progress(start: int, total: int, stage: str):
   try:
     from tqdm import tqdm
-    return tqdm(range(start, total), desc=f"RL {stage}", initial=start, total=total)
+    return tqdm(range(start, total), desc=f"RL {stage}", initial=start, total=total,
+                disable=not distributed.is_primary())
   except ImportError:
     return range(start, total)
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agentgen_jax import models, parallel, sampling
+from agentgen_jax import distributed, models, parallel, sampling
 
 MODES = ("generate", "choose")
 # Why an episode ended before the env said done: its next turn would pass max_episode_tokens, or the
@@ -206,10 +206,11 @@ def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, fir
   return picked(prev), picked(prev / scale)
 
 
-def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray):
-  """Packs each row's candidate token lists into one chunk with a block-diagonal causal mask."""
+def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray, length: int | None = None):
+  """Packs each row's candidate token lists into one chunk (of bucket(length) tokens; default: the longest
+  row's) with a block-diagonal causal mask."""
   lengths = [sum(len(c) for c in cands) for cands in candidates]
-  t = sampling.bucket(max(lengths + [1]))
+  t = sampling.bucket(length or max(lengths + [1]))
   b = len(candidates)
   tokens = np.zeros((b, t), np.int32)
   valid = np.zeros((b, t), bool)
@@ -267,19 +268,27 @@ class Roller:
     return jax.block_until_ready(x) if self.profile else x
 
   def _rows(self, n: int) -> int:
-    """Context rows for n episodes: a multiple of the mesh's batch axes (the extra rows stay empty)."""
-    shards = parallel.batch_divisor(self.mesh)
-    return -(-n // shards) * shards
+    """Context rows for n episodes per process: each process's block a multiple of its share of the mesh's
+    batch axes (the extra rows stay empty); all the processes' blocks together."""
+    processes = jax.process_count()
+    shards = parallel.batch_divisor(self.mesh) // processes
+    return -(-n // shards) * shards * processes
+
+  @staticmethod
+  def _own_rows(ctx) -> int:
+    """The context rows this process fills (its block, parallel.process_rows; all of them on one)."""
+    return ctx.cache.valid.shape[0] // jax.process_count()
 
   def _extend(self, params, ctx, chunks: list[list[int]]):
-    t = sampling.bucket(max([len(c) for c in chunks] + [1]))
-    rows = ctx.cache.valid.shape[0]  # padding rows (see _rows) get no tokens
+    # Every process pads to the same length: the job's longest chunk.
+    t = sampling.bucket(distributed.global_max(max([len(c) for c in chunks] + [1])))
+    rows = self._own_rows(ctx)  # padding rows (see _rows) get no tokens
     tokens = np.zeros((rows, t), np.int32)
     valid = np.zeros((rows, t), bool)
     for row, chunk in enumerate(chunks):
       tokens[row, :len(chunk)] = chunk
       valid[row, :len(chunk)] = True
-    return sampling.extend(self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid))
+    return sampling.extend(self.cfg, params, ctx, tokens, valid)
 
   def _slots_left(self, ctx) -> int:
     return ctx.cache.valid.shape[1] - int(ctx.cache.index)
@@ -287,18 +296,38 @@ class Roller:
   # ---- the episode loop --------------------------------------------------------------------------
 
   def run(self, params, tasks: Sequence[tuple[str, str]], rng: jax.Array, tag: str = "") -> list[Episode]:
-    """Plays one episode per (env, task) (at most pool.size at a time); returns them in task order."""
+    """Plays one episode per (env, task) (at most pool.size at a time); returns them in task order.
+
+    On several processes every one passes the same tasks and gets back every episode: each plays its
+    share of a batch (pool.size per process; a contiguous block of the tasks, in the rows it holds) on its
+    own pool, in lockstep with the others. With as many episodes as batch rows, a batch's rows (and so its
+    random draws) are those of a single process: the same episodes.
+    """
     episodes: list[Episode] = []
-    size = self.pool.size
+    size = self.pool.size * jax.process_count()
     for start in range(0, len(tasks), size):
       rng, sub = jax.random.split(rng)
       episodes += self._run_batch(params, list(tasks[start:start + size]), sub)
     return episodes
 
-  def _run_batch(self, params, tasks, rng) -> list[Episode]:
+  def _run_batch(self, params, batch_tasks, rng) -> list[Episode]:
+    """The episodes of batch_tasks (every process's share, gathered)."""
+    share = -(-len(batch_tasks) // jax.process_count())
+    rows = self._rows(share)
+    block, _ = parallel.process_rows(self.mesh, rows)
+    episodes = self._play(params, batch_tasks[block * share:(block + 1) * share], rows, rng)
+    if jax.process_count() == 1:
+      return episodes
+    for ep in episodes:  # what only the loop needed (an Observation holds the env's objects)
+      ep.last_obs, ep.pending = None, []
+    shares = dict(distributed.allgather((block, episodes)))
+    return [ep for b in sorted(shares) for ep in shares[b]]
+
+  def _play(self, params, tasks, rows: int, rng) -> list[Episode]:
+    """This process's episodes of a batch, in its rows of a `rows`-row context."""
     rcfg = self.rcfg
     with self._timed("env"):
-      observations = self.pool.reset(tasks)
+      observations = self.pool.reset(tasks) if tasks else []
     episodes = []
     for (name, task), obs in zip(tasks, observations):
       with self._timed("env"):
@@ -311,13 +340,11 @@ class Roller:
       ep.last_obs = obs
       episodes.append(ep)
     with self._timed("generate"):
-      ctx = self._synced(sampling.new_context(self.cfg, self._rows(len(tasks)), rcfg.slots(),
-                                              mesh=self.mesh))
-    while not all(ep.done for ep in episodes):
+      ctx = self._synced(sampling.new_context(self.cfg, rows, rcfg.slots(), mesh=self.mesh))
+    while True:
       # choose mode: this turn's candidates (token lists per row, [] for ended episodes) and names.
       candidates, names = self._candidates(episodes) if rcfg.mode == "choose" else (None, None)
-      self._truncate_what_cannot_fit(ctx, episodes, candidates)
-      if all(ep.done for ep in episodes):
+      if not self._truncate_what_cannot_fit(ctx, episodes, candidates):
         break
       chunks = [ep.pending if not ep.done else [] for ep in episodes]
       for ep, chunk in zip(episodes, chunks):
@@ -332,17 +359,18 @@ class Roller:
       else:
         ctx, actions = self._choose_turn(params, ctx, episodes, candidates, names, sub)
       with self._timed("env"):
-        steps = self.pool.step(actions, parse=rcfg.mode == "generate")
+        steps = self.pool.step(actions, parse=rcfg.mode == "generate") if actions else []
       for ep, action, step in zip(episodes, actions, steps):
         if action is None or step is None:
           continue
         self._after_step(ep, action, step)
     return episodes
 
-  def _truncate_what_cannot_fit(self, ctx, episodes: list[Episode], candidates) -> None:
+  def _truncate_what_cannot_fit(self, ctx, episodes: list[Episode], candidates) -> bool:
     """Ends the episodes whose next turn (env chunk + agent turn) would pass max_episode_tokens, then all of
     them if the batch's shared cache has no room for the turn. The agent turn is bounded by max_new_tokens
-    (generate) or by the episode's longest candidate (choose)."""
+    (generate) or by the episode's longest candidate (choose). Returns whether an episode of the batch (of
+    any process) still runs."""
     rcfg = self.rcfg
     def agent_len(row: int) -> int:
       if candidates is None:
@@ -352,14 +380,23 @@ class Roller:
       if not ep.done and len(ep.tokens) + len(ep.pending) + agent_len(row) > rcfg.max_episode_tokens:
         ep.truncate("episode_tokens")
     live = [row for row, ep in enumerate(episodes) if not ep.done]
-    if not live:
-      return
     # Every row writes the same slots: the chunk is padded to the longest one, the agent turn takes the
     # longest's slots (decode steps run while any row does; the chosen candidates are one padded chunk).
-    chunk = sampling.bucket(max(len(episodes[row].pending) for row in live))
-    if self._slots_left(ctx) < chunk + max(agent_len(row) for row in live):
+    # On several processes, the longest of the whole batch: all take the same decision.
+    longest = (max([len(episodes[row].pending) for row in live], default=0),
+               max([agent_len(row) for row in live], default=0))
+    if jax.process_count() > 1:
+      everyone = [(len(r) > 0, p, a) for r, p, a in distributed.allgather((live, *longest))]
+      if not any(e[0] for e in everyone):
+        return False
+      longest = (max(e[1] for e in everyone), max(e[2] for e in everyone))
+    elif not live:
+      return False
+    if self._slots_left(ctx) < sampling.bucket(longest[0]) + longest[1]:
       for row in live:
         episodes[row].truncate("cache")
+      return False
+    return True
 
   def _candidates(self, episodes: list[Episode]) -> tuple[list[list[list[int]]], list[list[str]]]:
     """Choose mode: each running episode's listed valid actions (cut to max_candidates if set: warned once,
@@ -409,13 +446,13 @@ class Roller:
 
   def _generate_turn(self, params, ctx, episodes, rng):
     rcfg = self.rcfg
-    active = np.zeros(ctx.cache.valid.shape[0], bool)
+    active = np.zeros(self._own_rows(ctx), bool)
     active[:len(episodes)] = [not ep.done for ep in episodes]
     with self._timed("generate"):
-      ctx, gen = sampling.decode(self.cfg, params, ctx, rng, jnp.asarray(active),
+      ctx, gen = sampling.decode(self.cfg, params, ctx, rng, active,
                                  max_new_tokens=rcfg.max_new_tokens, temperature=rcfg.temperature,
                                  top_p=rcfg.top_p, eos_ids=self.chat.eos_ids)
-      tokens, logprobs, lengths = jax.device_get((gen.tokens, gen.logprobs, gen.lengths))
+      tokens, logprobs, lengths = (parallel.own_rows(x) for x in (gen.tokens, gen.logprobs, gen.lengths))
       ctx = self._synced(ctx)
     actions: list[str | None] = []
     for row, ep in enumerate(episodes):
@@ -431,15 +468,20 @@ class Roller:
   def _choose_turn(self, params, ctx, episodes, candidates, names, rng):
     rcfg = self.rcfg
     with self._timed("generate"):
-      index, next_pos = jax.device_get((ctx.cache.index, ctx.next_pos))
-      next_pos = np.asarray(next_pos)
+      index, next_pos = int(ctx.cache.index), parallel.own_rows(ctx.next_pos)
       padded = candidates + [[]] * (len(next_pos) - len(candidates))  # mesh padding rows (see _rows)
-      tokens, valid, positions, first, segment, attn = _pack_candidates(padded, next_pos)
-      window = sampling.live_window(int(index), ctx.cache.valid.shape[1])
-      logp, tempered_logp = jax.device_get(_score_candidates(
-          self.cfg, params, ctx, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(attn),
-          jnp.asarray(positions), jnp.asarray(first), jnp.float32(rcfg.temperature), window=window))
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
+      # Every process packs to the same length: the batch's longest.
+      length = distributed.global_max(max([sum(len(c) for c in cands) for cands in padded] + [1]))
+      tokens, valid, positions, first, segment, attn = _pack_candidates(padded, next_pos, length)
+      window = sampling.live_window(index, ctx.cache.valid.shape[1])
+      placed = parallel.from_process_rows((tokens, valid, attn, positions, first), self.mesh,
+                                          ctx.cache.valid.shape[0])
+      logp, tempered_logp = (parallel.own_rows(x) for x in _score_candidates(
+          self.cfg, params, ctx, *placed, jnp.float32(rcfg.temperature), window=window))
+    seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
+    # On several processes each draws its rows' choices from its own stream (the draws of one process
+    # follow its rows in order: not those of a single-process run).
+    rng = np.random.default_rng(seed + ([jax.process_index()] if jax.process_count() > 1 else []))
     actions: list[str | None] = []
     chosen_tokens: list[list[int]] = []
     for row, ep in enumerate(episodes):

@@ -122,9 +122,14 @@ def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
 
 
 def _like_rows(ctx: Context, x: np.ndarray):
-  """Places a host array [B, ...] with the context's batch sharding (no-op without a mesh)."""
+  """Places a host array [B, ...] with the context's batch sharding (no-op without a mesh). On several
+  processes x is either all B rows (the same on every process) or this process's block of them
+  (parallel.process_rows: B / process_count rows, as the rollout passes them)."""
   sharding = ctx.cache.valid.sharding
   if isinstance(sharding, jax.sharding.NamedSharding):  # rows over the mesh's batch axes, whatever x's rank
+    rows = ctx.cache.valid.shape[0]
+    if jax.process_count() > 1 and x.shape[0] != rows:
+      return parallel.from_process_rows(x, sharding.mesh, rows)
     return jax.device_put(x, parallel.batch_sharding(sharding.mesh))
   return x
 

@@ -58,6 +58,16 @@ def _unknown_config_field(argv: list[str]) -> str | None:
   return None
 
 
+def initialize_distributed():
+  """distributed.initialize() (jax.distributed on several hosts, a no-op on one), a bad JAX_* variable or a
+  job the peers never join ending the command in one line."""
+  from agentgen_jax import distributed
+  try:
+    return distributed.initialize()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def run_mesh(cfg):
   """The resolved config's device mesh (agent.run_mesh: None on one device), a bad mesh string or a batch
   that does not split over it ending the command in one line. Call after jax.distributed has started."""

@@ -69,10 +69,10 @@ def main(argv):
     raise app.UsageError(f"unknown envs {unknown}; known envs: {', '.join(envs.names())}")
   validate.or_exit(validate.evaluate, _CHECKPOINT.value, _WORKDIR.value)  # before anything is written
   from agentgen_jax import agent as agent_lib
-  from agentgen_jax import checkpoint, parallel
+  from agentgen_jax import checkpoint, distributed, parallel
   from agentgen_jax import config as config_lib
   from agentgen_jax.evaluation import Evaluator
-  parallel.initialize_distributed()
+  cli.initialize_distributed()
   from agentgen_jax.study import failures, report
   from agentgen_jax.tasks import make_pool
   config = config_lib.default_config()
@@ -93,15 +93,18 @@ def main(argv):
                           tasks=_TASKS.value, k=_K.value, temperature=_TEMPERATURE.value))
   cfg = cli.resolve(config)
   mesh = cli.run_mesh(cfg)  # built once, after jax.distributed; nothing is written before it
-  agent = agent_lib.from_config(cfg, mesh)
-  params = parallel.place_params(params, mesh)
-  with make_pool(cfg, _ENVS.value) as pool:
-    trajectories = os.path.join(_WORKDIR.value, "trajectories")
-    evaluation = Evaluator.from_config(cfg, agent, pool, trajectory_dir=trajectories).run(params, "eval")
+  with distributed.job("evaluation"):  # several processes: a failure ends every one in one line
+    agent = agent_lib.from_config(cfg, mesh)
+    params = parallel.place_params(params, mesh)
+    with make_pool(cfg, _ENVS.value) as pool:
+      trajectories = os.path.join(_WORKDIR.value, "trajectories")
+      evaluation = Evaluator.from_config(cfg, agent, pool, trajectory_dir=trajectories).run(params, "eval")
   results = {"protocol": "evaluate", "model": cfg.model, "config": config_lib.to_dict(cfg),
              "evals": evaluation.summaries, "metrics": {},
              "failures": failures.failure_table(evaluation.records)}
-  report.write_report(results, _WORKDIR.value)
+  report.write_report(results, _WORKDIR.value)  # by process 0 alone
+  if not distributed.is_primary():
+    return
   print(json.dumps([{k: e[k] for k in ("env", "avg_success", "avg_score", "pass_at_k", "mean_turns")}
                     for e in evaluation.summaries], indent=1))
 

@@ -31,10 +31,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import checkpoint, parallel
+  from agentgen_jax import checkpoint, distributed
   from agentgen_jax.study import findings, protocols, seeds
   cfg = cli.resolve(_CONFIG.value)
-  parallel.initialize_distributed()
+  cli.initialize_distributed()
   cli.run_mesh(cfg)  # a bad --config.mesh or batch ends here, before the study writes anything
   validate.or_exit(validate.train, cfg, _WORKDIR.value)  # before anything is written
   study = protocols.Study(cfg, _WORKDIR.value)
@@ -47,14 +47,18 @@ def main(argv):
     one = protocols.Study(seed_cfg, workdir)
     return one.merge() if _MERGE.value else one.run(_ONLY.value)
 
-  try:  # --config.seeds=N: the study once per seed in workdir/seed_<s>/, merged with intervals
-    results = seeds.run_seeds(cfg, _WORKDIR.value, run_one)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
-    sys.exit(f"study stopped: {e}")
-  except checkpoint.CheckpointError as e:  # every checkpoint of a stage is damaged; the message names each
-    sys.exit(f"study stopped: {e}")
+  # On several processes, any failure ends this one in one line, and the others with it (distributed.job).
+  with distributed.job("study"):
+    try:  # --config.seeds=N: the study once per seed in workdir/seed_<s>/, merged with intervals
+      results = seeds.run_seeds(cfg, _WORKDIR.value, run_one)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
+      sys.exit(f"study stopped: {e}")
+    except checkpoint.CheckpointError as e:  # every checkpoint of a stage is damaged; the message names each
+      sys.exit(f"study stopped: {e}")
+  if not distributed.is_primary():
+    return
   for row in findings.verdicts(results):  # the paper-findings table, one line each
     if row.get("metric") and "mean" in row:
       print(f"{row['verdict']:>13}  {row['claim']}: {row['metric']} = {row['mean']:+.3f} "

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs one command on every host of a Cloud TPU VM slice (multi-host: v4-16 and larger, v5e/v5p pods).
-# jax.distributed is initialised by the code itself (agentgen_jax.parallel.initialize_distributed), so the
-# same command runs on every worker; host 0 writes results, all hosts share --workdir (use a GCS bucket or a
-# shared filesystem).
+# jax.distributed is initialised by the code itself (agentgen_jax.distributed.initialize), so the
+# same command runs on every worker; host 0 writes results, all hosts share --workdir (a shared filesystem:
+# NFS / Filestore, or a bucket mounted with gcsfuse).
 #
 #   launch/tpu_vm.sh NAME ZONE "python -m launch.study --config=launch/configs/paper_cross_env.py \
-#       --config.model=/mnt/models/Qwen2.5-3B-Instruct --workdir=gs://bucket/cross_env"
+#       --config.model=/mnt/models/Qwen2.5-3B-Instruct --workdir=/mnt/shared/cross_env"
 #
 # Environment: PROJECT (gcloud project, optional), SETUP=1 to first install the repo on every host
 # (copies this checkout with scp and runs launch/install.sh).

@@ -4,6 +4,10 @@ write results.json, report.md, checkpoints, trajectories and TensorBoard logs in
   python -m launch.train --config=launch/configs/quickstart.py --workdir=runs/quickstart
   python -m launch.train --config=launch/configs/quickstart.py --config.iterations=40 --workdir=...
   python -m launch.train --config=launch/configs/quickstart.py --config.seeds=3 --workdir=...  # seed_<s>/
+
+Several hosts (one process each, the same command and shared --workdir on every one): set
+JAX_COORDINATOR_ADDRESS=<process 0's host:port>, JAX_NUM_PROCESSES and JAX_PROCESS_ID (a TPU pod slice or
+Slurm needs none of them); see the README's "Multi-host" section.
 """
 
 from __future__ import annotations
@@ -26,23 +30,28 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import checkpoint, job, parallel
+  from agentgen_jax import checkpoint, distributed, job
   from agentgen_jax import config as config_lib
   from agentgen_jax.study import seeds
   cfg = cli.resolve(_CONFIG.value)
   if _PRINT_CONFIG.value:
     print(json.dumps(config_lib.to_dict(cfg), indent=1, default=str))
     return
-  parallel.initialize_distributed()
+  cli.initialize_distributed()
   mesh = cli.run_mesh(cfg)
-  try:
-    validate.or_exit(validate.train, cfg, _WORKDIR.value)  # before anything is written
-    # --config.seeds=N: the job once per seed in workdir/seed_<s>/, merged with intervals
-    results = seeds.run_seeds(cfg, _WORKDIR.value, lambda seed_cfg, workdir: job.run(seed_cfg, workdir, mesh))
-  except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
-    sys.exit(f"training stopped: {e}")
-  except checkpoint.CheckpointError as e:  # every checkpoint of the run is damaged; the message names each
-    sys.exit(f"training stopped: {e}")
+  # On several processes, any failure ends this one in one line, and the others with it (distributed.job).
+  with distributed.job("training"):
+    try:
+      validate.or_exit(validate.train, cfg, _WORKDIR.value)  # before anything is written
+      # --config.seeds=N: the job once per seed in workdir/seed_<s>/, merged with intervals
+      results = seeds.run_seeds(cfg, _WORKDIR.value,
+                                lambda seed_cfg, workdir: job.run(seed_cfg, workdir, mesh))
+    except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
+      sys.exit(f"training stopped: {e}")
+    except checkpoint.CheckpointError as e:  # every checkpoint of the run is damaged; the message names each
+      sys.exit(f"training stopped: {e}")
+  if not distributed.is_primary():
+    return
   summary = [{k: e[k] for k in ("seed", "stage", "env", "avg_success", "avg_score", "pass_at_k") if k in e}
              for e in results["evals"]]
   print(json.dumps(summary, indent=1))

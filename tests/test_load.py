@@ -125,6 +125,19 @@ def test_bfloat16_checkpoint_loads(tmp_path):
   assert params["embed"]["embedding"].dtype == jnp.float32 and cfg.tie_embeddings
 
 
+def test_place_receives_host_arrays_and_its_result_is_the_params(tmp_path):
+  # A mesh's parallel.place_params gets numpy arrays: each device then receives only its own shard.
+  cfg, params = models.load("tiny")
+  models.save_hf(cfg, params, str(tmp_path))
+  seen = []
+  def place(tree):
+    seen.extend(jax.tree.leaves(tree))
+    return jax.tree.map(lambda x: jnp.asarray(x) + 1, tree)
+  _, placed = models.load(str(tmp_path), place=place)
+  assert seen and all(isinstance(x, np.ndarray) for x in seen)
+  np.testing.assert_array_equal(placed["embed"]["embedding"], np.asarray(params["embed"]["embedding"]) + 1)
+
+
 @pytest.mark.parametrize("name", ["tiny", "qwen2_untied"])
 def test_save_hf_loads_in_transformers_with_the_same_logits(name, tmp_path):
   if name == "tiny":

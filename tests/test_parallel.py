@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec
 
-from agentgen_jax import models, parallel
+from agentgen_jax import distributed, models, parallel
 
 
 def test_single_device_mesh_and_shardings():
@@ -89,14 +89,14 @@ def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")       # a single TPU VM
   monkeypatch.setenv("SLURM_JOB_ID", "1")
   monkeypatch.setenv("SLURM_NTASKS", "1")                       # a one-task Slurm job
-  assert parallel._multi_host_environment() is None
+  assert distributed.launcher() is None
   monkeypatch.setenv("SLURM_NTASKS", "4")
-  assert parallel._multi_host_environment() == "slurm"
+  assert distributed.launcher() == "slurm"
   monkeypatch.setenv("SLURM_NTASKS", "1")
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.1,10.0.0.2")
-  assert parallel._multi_host_environment() == "tpu"
+  assert distributed.launcher() == "tpu"
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
-  assert parallel._multi_host_environment() == "JAX_COORDINATOR_ADDRESS"
+  assert distributed.launcher() == "JAX_COORDINATOR_ADDRESS"
 
 
 def _on_eight_devices(code: str, timeout: int) -> dict:

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import struct
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +54,16 @@ def default_dtype() -> str:
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = None, seed: int = 0
-         ) -> tuple[ModelConfig, dict]:
+def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = None, seed: int = 0,
+         place: Callable[[Any], Any] | None = None) -> tuple[ModelConfig, dict]:
   """(config, params) for a preset name (random init from `seed`), an embedded name, an HF folder or a .gguf.
 
   dtype: the compute dtype (default default_dtype()); param_dtype: the storage dtype of the params
   (default float32: master weights for training, whatever the checkpoint's own dtype). Shape-only
   architecture presets (qwen2.5-7b, ...) are refused: they have no weights (launch.plan takes them).
+  place: puts the params (host arrays read from a checkpoint) on devices, e.g. parallel.place_params over a
+  mesh: each device receives only its shard, never the whole model (default: jnp arrays on the default
+  device).
   """
   name_or_path = os.fspath(name_or_path)
   if name_or_path in config_lib.architecture_names():
@@ -69,7 +73,8 @@ def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = 
   dtypes = dict(dtype=dtype or default_dtype(), param_dtype=param_dtype or "float32")
   if name_or_path in config_lib.preset_names():
     cfg = config_lib.preset(name_or_path, **dtypes)
-    return cfg, init_params(cfg, jax.random.PRNGKey(seed))
+    params = init_params(cfg, jax.random.PRNGKey(seed))
+    return cfg, params if place is None else place(params)
   path = _model_path(name_or_path)
   if os.path.isdir(path):
     cfg, weights = _read_hf_folder(path)
@@ -79,7 +84,12 @@ def load(name_or_path: str, dtype: str | None = None, param_dtype: str | None = 
   if not cfg.tie_embeddings and not any(k.endswith("lm_head.weight") for k in weights):
     # config.json without tie_word_embeddings and a checkpoint without a head: the head is the embedding.
     cfg = cfg.replace(tie_embeddings=True)
-  return cfg, _to_params(cfg, weights)
+  params = _to_params(cfg, weights)
+  return cfg, (place or _on_device)(params)
+
+
+def _on_device(params):
+  return jax.tree.map(jnp.asarray, params)
 
 
 def load_config(name_or_path: str, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
@@ -161,7 +171,7 @@ def _read_hf_folder(folder: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
 
 
 def _to_params(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict:
-  """HF-named weights ([out, in] kernels) -> our param tree, as jax arrays in cfg.param_dtype."""
+  """HF-named weights ([out, in] kernels) -> our param tree, as host (numpy) arrays in cfg.param_dtype."""
   weights = {k.removeprefix("model.") if k.startswith("model.") else k: v for k, v in weights.items()}
   dt = jnp.dtype(cfg.param_dtype)
 
@@ -173,7 +183,7 @@ def _to_params(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict:
 
   def stacked(fmt, transpose):
     arrays = [take(fmt.format(i)) for i in range(cfg.num_layers)]
-    return jnp.asarray(np.stack([a.T if transpose else a for a in arrays]), dt)
+    return np.stack([a.T if transpose else a for a in arrays]).astype(dt)
 
   layers = {}
   for hf, ours in _LAYER_NAMES.items():
@@ -186,10 +196,10 @@ def _to_params(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict:
   if embed.shape != (cfg.vocab_size, cfg.hidden_size):
     raise ValueError(f"embed_tokens has shape {embed.shape}; config.json says "
                      f"({cfg.vocab_size}, {cfg.hidden_size})")
-  params = {"embed": {"embedding": jnp.asarray(embed, dt)}, "layers": layers,
-            "final_norm": {"scale": jnp.asarray(take("norm.weight"), dt)}}
+  params = {"embed": {"embedding": embed.astype(dt)}, "layers": layers,
+            "final_norm": {"scale": take("norm.weight").astype(dt)}}
   if not cfg.tie_embeddings:
-    params["lm_head"] = jnp.asarray(take("lm_head.weight").T, dt)
+    params["lm_head"] = take("lm_head.weight").T.astype(dt)
   return params
 
 

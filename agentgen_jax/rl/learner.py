@@ -358,6 +358,8 @@ def jit_step(fn, mesh=None):
   def step(state, batch):
     if not jitted:
       jitted.append(jit_state_step(fn, mesh, state))
+    if mesh is not None:  # every process holds the whole batch: each places its own rows
+      batch = parallel.shard_batch(batch, mesh)
     new_state, metrics = jitted[0](state.replace(frozen=None), state.frozen, batch)
     return new_state.replace(frozen=state.frozen), metrics
   return step
@@ -478,7 +480,8 @@ def evaluate_batch(model_cfg, state: TrainState, batch, mode: str = "generate", 
     rows = _pad_rows({k: batch[k] for k in keys}, idx, micro_batch_size, None)
     rows = rows if mesh is None else parallel.shard_batch(rows, mesh)
     params, critic_params = _forward_params(state.frozen, state.params, state.critic_params, lcfg.critic)
-    out = jax.device_get(fn(params, critic_params, _reference(state, lcfg.uses_ref), rows))
+    # Rows come back whole on every process (a gather across processes on several hosts).
+    out = parallel.to_host(fn(params, critic_params, _reference(state, lcfg.uses_ref), rows))
     chunks.append({k: v[:len(idx)] for k, v in out.items()})
   result = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   if "old_logprobs" in batch:

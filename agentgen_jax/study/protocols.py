@@ -16,7 +16,7 @@ import zlib
 from typing import Any, Sequence
 
 from agentgen_jax import agent as agent_lib
-from agentgen_jax import checkpoint, logs, rl_loop
+from agentgen_jax import checkpoint, distributed, logs, rl_loop
 from agentgen_jax import config as config_lib
 from agentgen_jax.config import RunConfig
 from agentgen_jax.evaluation import Evaluator, slug
@@ -112,7 +112,8 @@ class Study:
     return os.path.join(self.workdir, "stages", slug(name))
 
   def finished(self, name: str) -> bool:
-    return os.path.exists(os.path.join(self.stage_dir(name), "final.json"))
+    # Process 0's view on every process: all skip a stage or none does (distributed.agreed).
+    return distributed.agreed(os.path.exists(os.path.join(self.stage_dir(name), "final.json")))
 
   def final(self, name: str) -> dict:
     """The final.json of a finished stage."""

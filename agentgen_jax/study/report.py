@@ -12,6 +12,7 @@ import math
 import os
 from typing import Sequence
 
+from agentgen_jax import distributed
 from agentgen_jax.study import failures, findings, metrics
 
 COLUMNS = ("avg_success", "avg_score", "pass_at_k", "mean_turns", "mean_tokens", "invalid_rate")
@@ -297,6 +298,9 @@ def render_markdown(results: dict, plots: Sequence[str]) -> str:
 
 
 def write_json(obj: dict, path: str) -> None:
+  """obj as JSON at path (atomically), by process 0 alone on several processes."""
+  if not distributed.is_primary():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=1, default=float)
@@ -304,7 +308,10 @@ def write_json(obj: dict, path: str) -> None:
 
 
 def write_report(results: dict, workdir: str, sequence_stages: Sequence[Sequence[str]] = ()) -> dict:
-  """Writes results.json, report.md and the plots into workdir; returns their paths."""
+  """Writes results.json, report.md and the plots into workdir; returns their paths. On several processes
+  only process 0 writes (and the others return {})."""
+  if not distributed.is_primary():
+    return {}
   os.makedirs(workdir, exist_ok=True)
   plots = []
   view = dict(results, evals=metrics.mean_over_seeds(results["evals"]))  # one cell per stage and env
