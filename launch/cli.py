@@ -5,6 +5,7 @@ agentgen_jax.config.resolve).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 
@@ -85,3 +86,14 @@ def resolve(config: ConfigDict):
     return config_lib.resolve(config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+
+
+@contextlib.contextmanager
+def stop_in_one_line(what: str):
+  """Ends the command in one line when a run diverges (the message names the metric and the last good
+  checkpoint) or every checkpoint of a stage is damaged (the message names each)."""
+  from agentgen_jax import checkpoint
+  try:
+    yield
+  except (FloatingPointError, checkpoint.CheckpointError) as e:
+    sys.exit(f"{what} stopped: {e}")

@@ -12,8 +12,6 @@ merged results.json and report.md: mean and 95% bootstrap interval over seeds an
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -31,7 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import checkpoint, distributed
+  from agentgen_jax import distributed
   from agentgen_jax.study import findings, protocols, seeds
   cfg = cli.resolve(_CONFIG.value)
   cli.initialize_distributed()
@@ -50,13 +48,10 @@ def main(argv):
   # On several processes, any failure ends this one in one line, and the others with it (distributed.job).
   with distributed.job("study"):
     try:  # --config.seeds=N: the study once per seed in workdir/seed_<s>/, merged with intervals
-      results = seeds.run_seeds(cfg, _WORKDIR.value, run_one)
+      with cli.stop_in_one_line("study"):
+        results = seeds.run_seeds(cfg, _WORKDIR.value, run_one)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
-    except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
-      sys.exit(f"study stopped: {e}")
-    except checkpoint.CheckpointError as e:  # every checkpoint of a stage is damaged; the message names each
-      sys.exit(f"study stopped: {e}")
   if not distributed.is_primary():
     return
   for row in findings.verdicts(results):  # the paper-findings table, one line each

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -30,8 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from agentgen_jax import checkpoint, distributed, job
   from agentgen_jax import config as config_lib
+  from agentgen_jax import distributed, job
   from agentgen_jax.study import seeds
   cfg = cli.resolve(_CONFIG.value)
   if _PRINT_CONFIG.value:
@@ -41,15 +40,11 @@ def main(argv):
   mesh = cli.run_mesh(cfg)
   # On several processes, any failure ends this one in one line, and the others with it (distributed.job).
   with distributed.job("training"):
-    try:
-      validate.or_exit(validate.train, cfg, _WORKDIR.value)  # before anything is written
+    validate.or_exit(validate.train, cfg, _WORKDIR.value)  # before anything is written
+    with cli.stop_in_one_line("training"):
       # --config.seeds=N: the job once per seed in workdir/seed_<s>/, merged with intervals
       results = seeds.run_seeds(cfg, _WORKDIR.value,
                                 lambda seed_cfg, workdir: job.run(seed_cfg, workdir, mesh))
-    except FloatingPointError as e:  # diverged: the message names the metric and the last good checkpoint
-      sys.exit(f"training stopped: {e}")
-    except checkpoint.CheckpointError as e:  # every checkpoint of the run is damaged; the message names each
-      sys.exit(f"training stopped: {e}")
   if not distributed.is_primary():
     return
   summary = [{k: e[k] for k in ("seed", "stage", "env", "avg_success", "avg_score", "pass_at_k") if k in e}
