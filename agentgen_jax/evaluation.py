@@ -36,8 +36,11 @@ def slug(text: str) -> str:
 class Evaluator:
   """Evaluates params on `envs` x `difficulties` of `split`: the first `n_tasks` tasks, `k` episodes each.
 
-  The sampling randomness of an evaluation depends only on (seed, stage, env, difficulty), so the same
-  params evaluated under the same stage name give the same numbers. With `trajectory_dir`, each
+  The sampling randomness of an evaluation depends only on (seed, env, difficulty), not on the stage: every
+  stage's evaluation of an (env, difficulty) draws the same random numbers for the same (task, episode, turn)
+  (common random numbers), so the difference between two stages is paired and its noise is that of the
+  episodes whose play the policy change altered, not of two independent draws. The same params give the
+  same numbers under any stage name. With `trajectory_dir`, each
   (stage, env, difficulty) evaluation is also written there as a TFDS dataset.
   """
 
@@ -78,7 +81,7 @@ class Evaluator:
     if not tasks:
       raise ValueError(f"env {name!r} has no tasks for split={self.split!r} difficulty={difficulty!r}")
     draws = [(name, t) for t in tasks for _ in range(self.k)]
-    key = zlib.crc32(f"{stage}/{name}/{difficulty}".encode()) & 0x7FFFFFFF
+    key = zlib.crc32(f"{name}/{difficulty}".encode()) & 0x7FFFFFFF
     rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), key)
     records = [ep.record(f"eval:{stage}") for ep in self.roller.run(params, draws, rng)]
     if self.trajectory_dir:

@@ -482,6 +482,10 @@ class Roller:
     # On several processes each draws its rows' choices from its own stream (the draws of one process
     # follow its rows in order: not those of a single-process run).
     rng = np.random.default_rng(seed + ([jax.process_index()] if jax.process_count() > 1 else []))
+    # One uniform per row, drawn up front: a row's draw does not depend on which other rows are still
+    # playing, so two policies sampled with the same rng make the same draw on the same (row, turn) (common
+    # random numbers: the evaluations of two stages are paired).
+    uniforms = rng.random(len(episodes))
     actions: list[str | None] = []
     chosen_tokens: list[list[int]] = []
     for row, ep in enumerate(episodes):
@@ -499,7 +503,8 @@ class Roller:
       if rcfg.temperature == 0:
         choice = int(np.argmax(scores))
       else:
-        choice = int(rng.choice(len(scores), p=np.exp(log_probs)))
+        cdf = np.cumsum(np.exp(log_probs))
+        choice = min(int(np.searchsorted(cdf / cdf[-1], uniforms[row], side="right")), len(scores) - 1)
       cand = candidates[row][choice]
       # Each chosen token carries its log-prob under the tempered token distribution (as in generate mode).
       token_lp = tempered_logp[row][segment[row] == choice]

@@ -1,6 +1,7 @@
 """The rollout driver: KV-cache turns give the same log-probs the learner recomputes on the whole episode
 (token and choice mode), masks cover agent tokens only, expert episodes solve their tasks."""
 
+import dataclasses
 import json
 import logging
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 
 import envs
+from agentgen_jax import agent as agent_lib
 from agentgen_jax import models, rollout, sampling
 from agentgen_jax import tokenizer as tokenizer_lib
 from agentgen_jax.demos import expert_episodes
+from agentgen_jax.evaluation import Evaluator
 from agentgen_jax.rl import batch as rl_batch
 from agentgen_jax.rl import learner
 
@@ -110,6 +113,53 @@ def test_choose_mode_records_logprobs_of_the_tempered_distribution(setup):
                                  tempered[choice, steps[choice], cands[choice]], atol=2e-4)
       checked += 1
   assert checked >= 2
+
+
+class _EndsRowZeroEarly:
+  """The pool, except that row 0's episode ends (as a failure) after its first step."""
+
+  def __init__(self, pool):
+    self.pool, self.size = pool, pool.size
+
+  def __getattr__(self, name):
+    return getattr(self.pool, name)
+
+  def step(self, actions, parse=True):
+    steps = self.pool.step(actions, parse=parse)
+    if actions[0] is not None and steps[0] is not None:
+      steps[0] = dataclasses.replace(steps[0], done=True, success=False, reward=0.0, score=0.0)
+    return steps
+
+
+def test_choose_draws_of_a_row_do_not_depend_on_the_other_rows(setup):
+  """Common random numbers: each row's choice comes from its own uniform of the turn, so when row 0 ends
+  early the other rows still make exactly the draws they made before (earlier, the rows still playing
+  consumed one stream in order, and every row after an ended one drew different numbers)."""
+  cfg, params, tok, pool, tasks = setup
+  # Temperature 30: the random tiny model's scores differ by tens of nats (the shortest action takes every
+  # draw at temperature 1); flattened, the draws matter.
+  rcfg = rollout.RolloutConfig(mode="choose", max_turns=3, max_episode_tokens=1024, temperature=30.0)
+  full = rollout.Roller(cfg, tok, pool, rcfg).run(params, tasks, jax.random.PRNGKey(3))
+  cut = rollout.Roller(cfg, tok, _EndsRowZeroEarly(pool), rcfg).run(params, tasks, jax.random.PRNGKey(3))
+  assert cut[0].turns == 1 < full[0].turns
+  assert len({c for ep in full for _, c, _ in ep.choices}) > 3   # the draws are not all one choice
+  for a, b in zip(full[1:], cut[1:]):
+    assert [c for _, c, _ in a.choices] == [c for _, c, _ in b.choices]
+    assert a.tokens == b.tokens
+
+
+def test_evaluation_draws_do_not_depend_on_the_stage_name(setup):
+  """Every stage's evaluation of an env uses the same random numbers (paired stages): the same params give
+  the same episodes under two stage names, and other params (one more seed) differ."""
+  cfg, params, tok, pool, _ = setup
+  agent = agent_lib.Agent(cfg, params, tok, rollout.ChatFormat(tok))
+  rcfg = rollout.RolloutConfig(mode="choose", max_turns=2, max_episode_tokens=1024, temperature=30.0)
+  ev = Evaluator(agent, pool, ["textcraft"], rcfg, split="test", difficulties=("easy",), n_tasks=2, k=2)
+  a, b = ev.run(params, "base"), ev.run(params, "after:textcraft")
+  assert [r["transcript"] for r in a.records] == [r["transcript"] for r in b.records]
+  other = Evaluator(agent, pool, ["textcraft"], rcfg, split="test", difficulties=("easy",), n_tasks=2, k=2,
+                    seed=1).run(params, "base")
+  assert [r["transcript"] for r in a.records] != [r["transcript"] for r in other.records]
 
 
 def test_greedy_choose_takes_the_highest_scoring_candidate(setup):
