@@ -33,6 +33,7 @@ ENVS = [
 ]
 TEST = [
     "pytest>=8",
+    "pytest-xdist>=3.5",  # the README's test command runs the suite on every core (-n auto)
     "ruff>=0.6",
     "nbclient>=0.10",
     "nbformat>=5.10",

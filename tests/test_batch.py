@@ -205,3 +205,18 @@ def test_turn_gae_in_generate_mode_gives_one_advantage_per_turn(tiny):
     for k in range(3):
       vals = batch["advantages"][i][m[i] & (batch["turn_ids"][i] == k)]
       assert len(vals) >= 2 and np.all(vals == vals[0])
+
+
+def test_turn_gae_in_choose_mode_is_token_gae_over_the_turns(tiny):
+  """In the choose mode each loss unit already is a turn, so turn_gae and token_gae give the same batch
+  (the learning test's token_gae run therefore also stands for turn_gae in this mode)."""
+  cfg, params = tiny
+  eps = [episode(i, "a", [0.2, 0.0, float(i % 2)], "choose") for i in range(4)]
+  batches = {}
+  for estimator in ("token_gae", "turn_gae"):
+    lcfg = lconfig(estimator=estimator, critic="shared", gamma=0.9, lam=0.8)
+    batches[estimator], _ = rl_batch.learner_batch(eps, state_for(cfg, params, lcfg), cfg, lcfg, "choose")
+  m = units_of(batches["token_gae"], "choose")
+  assert np.abs(batches["token_gae"]["advantages"][m]).max() > 0
+  for key in ("advantages", "returns"):
+    np.testing.assert_array_equal(batches["turn_gae"][key], batches["token_gae"][key])

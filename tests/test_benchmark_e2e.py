@@ -1,9 +1,12 @@
 """The end-to-end benchmark's split of an RL iteration: every part is measured and the parts account for
 the iteration's wall time (nothing big is left out or counted twice)."""
 
+import pytest
+
 from launch.benchmarks import e2e
 
 
+@pytest.mark.e2e  # a whole RL iteration (rollout, update, checkpoint) of the tiny model: ~30-50 s
 def test_iteration_parts_are_positive_and_add_up_to_the_wall_time():
   setting = e2e.Setting("test", "tiny", "generate", tasks=1, group=2, max_turns=1, max_new_tokens=8)
   # One warm-up iteration: the first one also compiles small helpers (PRNG splits) outside the parts.

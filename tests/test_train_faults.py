@@ -167,6 +167,7 @@ _STUDY = [sys.executable, "-m", "launch.study", "--config=launch/configs/study_d
 _EVAL = [sys.executable, "-m", "launch.evaluate", "--checkpoint=tiny", "--envs=textcraft"]
 
 
+@pytest.mark.e2e  # each case starts a launch command (a Python + JAX start-up: ~3-8 s)
 @pytest.mark.parametrize("cmd,args,choices", [
     (_TRAIN, ['--config.envs=("webshp",)'], "known envs: alfworld, babyai"),
     (_TRAIN, ["--config.eval.envs=('textcraft', 'babyia')"], "known envs: alfworld, babyai"),
@@ -191,6 +192,7 @@ def test_bad_flag_fails_with_the_valid_choices(tmp_path, cmd, args, choices):
   _fails_with(cmd + args + [f"--workdir={tmp_path / 'out'}"], choices)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cmd", [_TRAIN, _STUDY, _EVAL])
 def test_missing_workdir_fails_naming_it(cmd):
   _fails_with(cmd, "--workdir")

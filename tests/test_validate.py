@@ -35,6 +35,7 @@ def _snapshot(folder) -> dict:
 
 # ---- subprocesses: one line, nothing written -----------------------------------------------------------
 
+@pytest.mark.e2e  # a launch command in a subprocess
 @pytest.mark.parametrize("cmd", [_TRAIN, _STUDY], ids=["train", "study"])
 def test_missing_model_path_fails_in_one_line_without_making_the_workdir(tmp_path, cmd):
   workdir = tmp_path / "new"
@@ -44,6 +45,7 @@ def test_missing_model_path_fails_in_one_line_without_making_the_workdir(tmp_pat
   assert not workdir.exists()
 
 
+@pytest.mark.e2e  # a launch command in a subprocess
 def test_bad_model_leaves_an_existing_workdir_untouched(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
@@ -54,6 +56,7 @@ def test_bad_model_leaves_an_existing_workdir_untouched(tmp_path):
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.e2e  # a launch command in a subprocess
 def test_missing_checkpoint_fails_in_one_line_without_making_the_workdir(tmp_path):
   workdir = tmp_path / "eval"
   line = _fails_in_one_line(_EVAL + ["--checkpoint=/does/not/exist", f"--workdir={workdir}"])
@@ -62,6 +65,7 @@ def test_missing_checkpoint_fails_in_one_line_without_making_the_workdir(tmp_pat
   assert not workdir.exists()
 
 
+@pytest.mark.e2e  # a launch command in a subprocess
 def test_workdir_that_is_a_file_fails_in_one_line_and_is_left_alone(tmp_path):
   file = tmp_path / "results"
   file.write_text("keep")
@@ -70,6 +74,7 @@ def test_workdir_that_is_a_file_fails_in_one_line_and_is_left_alone(tmp_path):
   assert file.read_text() == "keep"
 
 
+@pytest.mark.e2e  # a launch command in a subprocess
 def test_benchmark_output_that_is_a_file_fails_before_benchmarking(tmp_path):
   file = tmp_path / "docs"
   file.write_text("keep")
@@ -78,6 +83,7 @@ def test_benchmark_output_that_is_a_file_fails_before_benchmarking(tmp_path):
   assert file.read_text() == "keep"
 
 
+@pytest.mark.e2e  # a launch command in a subprocess
 def test_missing_data_folder_fails_in_one_line(tmp_path):
   config = tmp_path / "config.py"
   config.write_text("from tests import train_config_tiny\n\n\ndef get_config():\n"
@@ -91,6 +97,7 @@ def test_missing_data_folder_fails_in_one_line(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.e2e  # a launch command in a subprocess
 def test_evaluate_over_only_damaged_checkpoints_fails_in_one_line(tmp_path):
   run = tmp_path / "run"
   run.mkdir()
