@@ -21,8 +21,8 @@ def shrink(c, train=True):
     parent's weights (each stage's GRPO update is one more XLA compile, ~11 s on a CPU; tests/test_e2e.py
     and test_study_run.py train the study stages).\"\"\"
     c = study_small.smoke(c)
-    if train:
-        c.rollout.max_turns = 1  # every turn length is one more program shape to compile
+    if train:  # every distinct SFT/GRPO batch shape is one more compile (~10 s on a CPU): fewer, shorter
+        c.rollout.max_turns, c.rollout.max_episode_tokens = 1, 512
     else:
         c.eval.tasks = 4
     c.sft.tasks = min(c.sft.tasks, 2)  # 1 demo may not fit max_episode_tokens

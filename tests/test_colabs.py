@@ -3,8 +3,8 @@ for: the scores and derived metrics as mean [95% interval] and the paper-finding
 
 All three run in CI (e2e). Measured with /usr/bin/time around `pytest -k <name>` (kernel and env workers
 included; CPU = user + sys), on the 2-core machine under load (load average ~7: other jobs on the same cores):
-  quickstart       119 s wall, 110 s CPU   (SFT on 2 demos + 1 GRPO iteration per seed: ~10 s of XLA
-                                            compile per distinct SFT/GRPO batch shape, ~5 of them)
+  quickstart        91 s wall,  83 s CPU   (SFT + 1 GRPO iteration per seed, 1 turn of <= 512 tokens: each
+                                            distinct SFT/GRPO batch shape costs ~10 s of XLA compile)
   transfer_matrix   82 s wall,  71 s CPU   (the study stages evaluated, not trained: see the notebooks'
   sequential        91 s wall,  81 s CPU    shrink(train=False); trained GRPO stages made it 120-300 s)
 XLA's persistent compilation cache (a fresh one per test) lets the second seed and later stages reuse the
