@@ -147,6 +147,16 @@ def test_seed_metrics_curriculum_gain_and_turns_change():
   assert m["turns_change/easy>hard/babyai/hard"] == pytest.approx(-4.0)
 
 
+def test_turns_change_is_measured_from_sft_and_only_for_the_stages_after_it():
+  """With an SFT warm start, turns change from SFT to each RL stage; base (before SFT) gets no row (it was
+  reported as an "sft -> base" change)."""
+  evals = [_cell("base", "babyai", 0.0, (), turns=6.0), _cell("sft", "babyai", 0.4, ["babyai"], turns=4.0),
+           _cell("rl", "babyai", 0.5, ["babyai"], turns=3.0)]
+  m = metrics.seed_metrics(evals, metrics.Shape("train"))
+  assert m["turns_change/rl/babyai/all"] == pytest.approx(-1.0)
+  assert [k for k in m if k.startswith("turns_change/")] == ["turns_change/rl/babyai/all"]
+
+
 def _per_task(scores, turns=None):
   turns = turns or [3.0] * len(scores)
   return [{"task": f"t{i}", "episodes": 1, "success": float(s >= 0.5), "score": s, "pass": float(s >= 0.5),

@@ -228,7 +228,7 @@ def seed_metrics(evals: Sequence[dict], shape: Shape, metric: str = "avg_score")
           out[f"transfer/{stage}/{side}/{d}"] = t[side]
   for (stage, env, d), e in cell.items():
     before = cell.get((before_rl, env, d))
-    if stage == before_rl or before is None:
+    if stage in (before_rl, "base") or before is None:  # base precedes the SFT reference: no change of RL
       continue
     for name, family in (("mean_turns", "turns_change"),
                          ("mean_generated_tokens", "generated_tokens_change")):
