@@ -25,7 +25,11 @@ History. The previous size (40 tasks × 4, 12 iterations, independent draws per 
 rloo +0.125 ± 0.047, reinforce +0.131 ± 0.051, token_gae (= turn_gae in the choose mode, where a loss unit is
 a turn) +0.094 ± 0.055 (failed), GRPO on LoRA adapters +0.031 ± 0.069 (failed; base bit-identical): a
 standard error of ~0.055 needs a rise over 0.11. The size above (2.5x the tasks, 2x the iterations, paired
-draws) was fixed after that run and before this one; its results are in docs/TESTING.md.
+draws) was fixed after that run and before this one. Measured at this size (seed 0, 2026-11-30, the shared
+2-core CPU at load 4-9; SFT 0.4925; ~25-50 min per estimator): grpo +0.073 ± 0.035 (passes, 2.1 s.e.: thin),
+token_gae +0.115 ± 0.033 (3.5 s.e.), GRPO on LoRA adapters +0.105 ± 0.034 (3.1 s.e., base bit-identical);
+rloo +0.148 ± 0.029 (5.1 s.e.), reinforce +0.140 ± 0.032 (4.3 s.e.). turn_gae in the choose mode is
+token_gae (test_batch.py checks the batches are equal), so its run here repeats token_gae's.
 """
 
 import dataclasses
