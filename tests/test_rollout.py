@@ -150,7 +150,7 @@ def test_choose_draws_of_a_row_do_not_depend_on_the_other_rows(setup):
 
 def test_evaluation_draws_do_not_depend_on_the_stage_name(setup):
   """Every stage's evaluation of an env uses the same random numbers (paired stages): the same params give
-  the same episodes under two stage names, and other params (one more seed) differ."""
+  the same episodes under two stage names, and an evaluator with another seed draws other episodes."""
   cfg, params, tok, pool, _ = setup
   agent = agent_lib.Agent(cfg, params, tok, rollout.ChatFormat(tok))
   rcfg = rollout.RolloutConfig(mode="choose", max_turns=2, max_episode_tokens=1024, temperature=30.0)
