@@ -51,7 +51,7 @@ class StudyConfig:
   orders: tuple[tuple[str, ...], ...] = ()  # sequential: env orders (default: envs in order)
   weights: tuple[float, ...] = ()  # mixture sampling weights (default uniform)
   mixture_baseline: bool = True    # sequential: also train on the mixture with the same budget
-  single_env_baselines: bool = True  # sequential: also train each order's last env alone
+  single_env_baselines: bool = True  # sequential: also train every env of an order alone (the matrix)
   difficulty_env: str = ""         # difficulty protocol: the env (default: the first of envs)
   eval_difficulties: tuple[str, ...] = ("all",)
   warm_start_tasks_per_env: int = 0  # SFT demos per env before every stage (the base stage)

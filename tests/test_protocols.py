@@ -1,5 +1,7 @@
 """Study protocols: the stage plans of each protocol and the metrics recomputed from the evals list."""
 
+import dataclasses
+
 import pytest
 
 from agentgen_jax import config
@@ -29,6 +31,17 @@ def test_sequential_chains_stages_and_adds_baselines_with_equal_budget():
   assert by["after:textcraft>babyai"].trained_on == ("textcraft", "babyai")
   assert by["after:babyai"].parent == "base"            # downstream-gain baseline
   assert by["mixture"].iterations == 2 * 3              # same budget as the two sequential stages
+
+
+def test_sequential_baselines_train_every_env_of_the_order_alone():
+  stages, _, _ = protocols.plan(_config("sequential", envs=["alfworld", "textcraft", "babyai"],
+                                        orders=[["alfworld", "textcraft", "babyai"]]))
+  singles = sorted(s.name for s in stages if s.parent == "base" and len(s.envs) == 1)
+  assert singles == ["after:alfworld", "after:babyai", "after:textcraft"]  # the full cross-env matrix
+  assert [s.name for s in stages].count("after:alfworld") == 1            # the order's first stage is reused
+  assert len(stages) == 3 + 2 + 1                                         # sequence, two baselines, mixture
+  easy, _, _ = protocols.plan(dataclasses.replace(_config("sequential"), train_difficulty="easy"))
+  assert {s.difficulty for s in easy} == {"easy"}                         # stages train what the config says
 
 
 def test_difficulty_curriculum_starts_from_the_easy_stage():

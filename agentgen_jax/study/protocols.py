@@ -28,7 +28,8 @@ BASE = "base"
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One training run: `envs` (with weights) at `difficulty`, starting from stage `parent`."""
+  """One training run: `envs` (with weights) at `difficulty` (config.train_difficulty outside the difficulty
+  protocol), starting from stage `parent`."""
 
   name: str
   parent: str
@@ -50,8 +51,10 @@ def plan(cfg: RunConfig) -> tuple[list[Stage], list[str], list[str]]:
     stages.setdefault(stage.name, stage)
     return stages[stage.name]
 
+  diff = cfg.train_difficulty  # the difficulty protocol sets its own per stage
+
   def single(env: str) -> Stage:
-    return add(Stage(f"after:{env}", BASE, (env,), (env,), iterations=iters))
+    return add(Stage(f"after:{env}", BASE, (env,), (env,), diff, iterations=iters))
 
   if s.protocol == "difficulty":
     env = s.difficulty_env
@@ -69,17 +72,17 @@ def plan(cfg: RunConfig) -> tuple[list[Stage], list[str], list[str]]:
       parent = BASE
       for i, env in enumerate(order):
         prefix = order[:i + 1]
-        stage = add(Stage("after:" + ">".join(prefix), parent, (env,), tuple(prefix), iterations=iters))
+        stage = add(Stage("after:" + ">".join(prefix), parent, (env,), tuple(prefix), diff, iterations=iters))
         parent = stage.name
-    if s.single_env_baselines:
-      for env in {o[-1] for o in orders if len(o) > 1}:
+    if s.single_env_baselines:  # every env of an order alone: the cross-env matrix and downstream gains
+      for env in dict.fromkeys(e for o in orders if len(o) > 1 for e in o):
         single(env)
   if s.protocol == "mixture" or (s.protocol == "sequential" and s.mixture_baseline):
     orders = [list(o) for o in s.orders] or [envs]
     mix_envs = tuple(dict.fromkeys(e for o in orders for e in o)) if s.protocol == "sequential" \
         else tuple(envs)
     budget = iters * (len(mix_envs) if s.protocol == "sequential" else 1)
-    add(Stage("mixture", BASE, mix_envs, mix_envs, weights=tuple(s.weights), iterations=budget))
+    add(Stage("mixture", BASE, mix_envs, mix_envs, diff, weights=tuple(s.weights), iterations=budget))
   return list(stages.values()), envs, list(s.eval_difficulties)
 
 

@@ -4,8 +4,9 @@ order), each stage evaluated on all five envs, against joint mixture training wi
   python -m launch.study --config=launch/configs/paper_sequential.py \
       --config.model=/models/Qwen2.5-7B-Instruct --workdir=/runs/sequential_7b
 
-Expected cost: 10 sequential stages + 1 mixture stage (750 iterations) + the two single-env baselines of the
-last envs. Time: not measured (no accelerator was lent); "~25-40 H100-hours for 7B" is an estimate, not a
+Expected cost: 10 sequential stages + 1 mixture stage (750 iterations) + the single-env baselines of the
+three middle envs (the first env of each order is already trained alone): the full cross-env matrix.
+Time: not measured (no accelerator was lent); "~25-40 H100-hours for 7B" is an estimate, not a
 measurement.
 Memory (python -m launch.plan --config=<this file> --config.model=qwen2.5-7b --config.remat=full --devices=N
 --hbm_gb=80 and the flags below; XLA:CPU temporaries: a guide, not a measurement; 2026-11-30, commit c6af930):

@@ -1,26 +1,32 @@
-"""Small difficulty-transfer study on the CPU, BabyAI (easy = the GoTo/Pickup/Open levels an expert solves in
-1.9 actions on average, hard = the composed levels, 8.1 actions): train on easy, on hard, on both, and
-easy→hard from one warm-started tiny model; evaluate each on the easy and the hard test split.
+"""Small difficulty-transfer study on the CPU, BabyAI, 3 seeds (easy = the GoTo/Pickup/Open single-room levels
+an expert solves in 1.9 actions on average, hard = the 3x3-room and sequenced levels, 8.1 actions): from one
+warm-started tiny model per seed (SFT on easy demos), train on easy, on hard, on both, and easy→hard; evaluate
+each on the easy and the hard test split.
 
   python -m launch.study --config=launch/configs/study_difficulty_babyai_small.py \
-      --workdir=runs/difficulty_babyai_small --config.seeds=3
+      --workdir=runs/difficulty_babyai_small
 
-Cost: measured in the docstring's last paragraph once run. Writes report.md with the difficulty table
-(every variant on both splits, mean and 95% interval over seeds and tasks) and the paper-findings table.
+Sized to the 2-core CPU: 100 easy expert demos (4 SFT epochs), 2 GRPO iterations of 4 tasks × 4 samples per
+stage, 20 test tasks × 2 sampled episodes per split and stage, 8 turns in 2048 tokens (a BabyAI turn costs
+~200 tokens, the first prompt ~420). Writes report.md with the difficulty table (every variant on both
+splits, mean and 95% interval over seeds and tasks) and the paper-findings table.
+
+Cost and results: see the last paragraph (measured) and docs/examples/difficulty_babyai_small_3seeds/.
 """
 
 from launch.configs import study_small
 
 
 def get_config():
-  c = study_small.small(["babyai"], iterations=4)
+  c = study_small.small(["babyai"], iterations=2)
+  c.seeds = 3
   c.study.protocol = "difficulty"
   c.study.envs = ["babyai"]
   c.study.difficulty_env = "babyai"
-  # Hard levels: 8.1 expert actions on average (96% within 20). A BabyAI turn costs ~200 tokens, the first
-  # prompt ~420: 2560 tokens hold ~10 turns.
-  c.rollout.max_turns = 10
-  c.rollout.max_episode_tokens = 2560
-  c.eval.tasks = 30
+  c.study.warm_start_tasks_per_env = 100
+  c.sft.epochs = 4
+  c.rollout.max_turns = 8
+  c.rollout.max_episode_tokens = 2048
+  c.eval.tasks, c.eval.k = 20, 2
   c.study.eval_difficulties = ["easy", "hard"]
   return c

@@ -1,0 +1,34 @@
+"""Small cross-env + sequential + mixture study on the CPU, three envs (ALFWorld, TextCraft, BabyAI), 3 seeds:
+from one warm-started tiny model per seed, train on each env alone (the cross-env transfer matrix), on the
+sequence ALFWorld → TextCraft → BabyAI (downstream gain, upstream forgetting, BWT/FWT), and on the 1:1:1
+mixture with the sequence's budget; evaluate every stage on all three envs (easy test tasks).
+
+  python -m launch.study --config=launch/configs/study_transfer_small.py --workdir=runs/transfer_small
+
+Sized to the 2-core CPU: 100 expert demos per env (4 SFT epochs), 2 GRPO iterations of 4 tasks × 4 samples
+per stage (6 for the mixture), 20 evaluation tasks × 2 sampled episodes per env and stage, 6 turns in 1024
+tokens (the easy experts need 4.8 (ALFWorld), 4.9 (TextCraft), 1.9 (BabyAI) actions; their demos average
+740, 480 and 600 tokens). Stages per seed: base, after:alfworld, after:alfworld>textcraft,
+after:alfworld>textcraft>babyai, after:textcraft, after:babyai, mixture.
+
+Cost and results: see the last paragraph (measured) and docs/examples/transfer_small_3seeds/report.md.
+"""
+
+from launch.configs import study_small
+
+
+def get_config():
+  envs = ["alfworld", "textcraft", "babyai"]
+  c = study_small.small(envs, iterations=2)
+  c.seeds = 3
+  c.study.protocol = "sequential"
+  c.study.envs = envs
+  c.study.orders = [envs]
+  c.study.mixture_baseline = True
+  c.study.single_env_baselines = True
+  c.study.warm_start_tasks_per_env = 100
+  c.sft.epochs = 4
+  c.rollout.max_turns = 6
+  c.rollout.max_episode_tokens = 1024
+  c.eval.tasks, c.eval.k = 20, 2
+  return c
