@@ -21,7 +21,7 @@ def get_config():
   c = study_small.small(["babyai"], iterations=8)
   c.sft.tasks = 300
   # A BabyAI turn costs ~200 tokens (observation + the listed valid actions), the first prompt ~420: 1536
-  # tokens hold 5-6 turns (the easy expert needs 1.9 on average, at most 5). study_small's 768 held 2-3, so
+  # tokens hold 5-6 turns (the easy expert needs 1.9 on average, at most 5). The first wave's 768 held 2-3, so
   # every task needing a third action was cut ("episode_tokens") and its demos were skipped from SFT.
   c.rollout.max_turns = 6
   c.rollout.max_episode_tokens = 1536

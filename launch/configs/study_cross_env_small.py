@@ -11,11 +11,12 @@ candidates as branches off the shared context. Since then (`python -m launch.ben
 12.6 s instead of 35.3 s, the iteration 36 s instead of 58 s. Writes results.json, report.md,
 transfer_heatmap.png, training_success.png, turns_tokens.png.
 
-Measured (seed 0; score: success, discounted by steps for BabyAI): base textcraft 0.013 / babyai 0.071;
-after BabyAI: held-in +0.154, held-out (textcraft) -0.013; after TextCraft: held-in +0.000, held-out
-+0.021. Three iterations of 4 tasks × 4 samples give GRPO a signal only where the warm-started policy
-already succeeds sometimes (BabyAI); for more, --config.iterations=5 --config.tasks_per_iteration=8
---config.study.warm_start_tasks_per_env=300 (see README, "Running the study").
+Measured at commit a2df838, when the RL stages trained on every difficulty (they now train on
+config.train_difficulty, easy) — measured (seed 0; score: success, discounted by steps for BabyAI): base
+textcraft 0.013 / babyai 0.071; after BabyAI: held-in +0.154, held-out (textcraft) -0.013; after TextCraft:
+held-in +0.000, held-out +0.021. Three iterations of 4 tasks × 4 samples give GRPO a signal only where the
+warm-started policy already succeeds sometimes (BabyAI); for more, --config.iterations=5
+--config.tasks_per_iteration=8 --config.study.warm_start_tasks_per_env=300 (see README, "Running the study").
 """
 
 from launch.configs import study_small

@@ -6,7 +6,8 @@ this one: same name, same seed, same numbers).
 
 Cost, measured on an idle 2-core CPU: ~18 minutes (warm start and base evaluation 8.5 min, 6 mixture
 iterations 8 min, evaluation 1.5 min). Writes report.md with the transfer table of the mixture stage.
-Measured (seed 0): BabyAI 0.071 → 0.244, TextCraft 0.013 → 0.000.
+Measured at commit a2df838, when the RL stages trained on every difficulty (they now train on
+config.train_difficulty, easy) — measured (seed 0): BabyAI 0.071 → 0.244, TextCraft 0.013 → 0.000.
 """
 
 from launch.configs import study_small

@@ -9,9 +9,10 @@ after:babyai, mixture of 6 iterations; the base and single-env stages are the cr
 workdir holding those finishes in 13 minutes). Writes report.md with the R matrix, forgetting, BWT/FWT, the
 sequential-vs-mixture table and the downstream gain; r_matrix_0.png and the cross-env plots.
 
-Measured (seed 0, BabyAI score): after BabyAI alone 0.224, mixture 0.244, TextCraft→BabyAI 0.012. With 3
-iterations a stage gets one or two non-zero GRPO updates (most groups fail together), so one update can
-help or hurt: these numbers are noise-level; the README has a larger run.
+Measured at commit a2df838, when the RL stages trained on every difficulty (they now train on
+config.train_difficulty, easy) — measured (seed 0, BabyAI score): after BabyAI alone 0.224, mixture 0.244,
+TextCraft→BabyAI 0.012. With 3 iterations a stage gets one or two non-zero GRPO updates (most groups fail
+together), so one update can help or hurt: these numbers are noise-level; the README has a larger run.
 """
 
 from launch.configs import study_small
