@@ -55,6 +55,9 @@ class StudyConfig:
   difficulty_env: str = ""         # difficulty protocol: the env (default: the first of envs)
   eval_difficulties: tuple[str, ...] = ("all",)
   warm_start_tasks_per_env: int = 0  # SFT demos per env before every stage (the base stage)
+  # The base stage's params from an earlier run's SFT checkpoint instead (a train run's workdir/sft, or a
+  # study's stages/base/sft; "{seed}" is replaced by the seed, e.g. runs/qs/seed_{seed}/sft): no SFT here.
+  warm_start_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

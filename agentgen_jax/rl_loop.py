@@ -106,12 +106,12 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
   return learner.policy_params(state), curves
 
 
-def _trained_part(params):
+def trained_part(params):
   """What a checkpoint of params holds: the adapters under LoRA, else everything."""
   return models.lora.split(params)[1] if models.lora.is_attached(params) else params
 
 
-def _with_trained_part(params, trained):
+def with_trained_part(params, trained):
   if models.lora.is_attached(params):
     return models.lora.join(models.lora.split(params)[0], trained)
   return trained
@@ -128,10 +128,10 @@ def train_stage(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageO
     sft_ckpt = checkpoint.Checkpointer(os.path.join(out.workdir, "sft"), max_to_keep=1)
     if sft_ckpt.latest_step() is None:
       params, n_demos = demos.sft_warm_start(cfg, agent, pool, out)
-      sft_ckpt.save(1, _trained_part(params), {"demos": n_demos, "base_model": cfg.model})
+      sft_ckpt.save(1, trained_part(params), {"demos": n_demos, "base_model": cfg.model})
     else:
-      trained, _ = sft_ckpt.restore(_trained_part(params))
-      params = _with_trained_part(params, trained)
+      trained, _ = sft_ckpt.restore(trained_part(params))
+      params = with_trained_part(params, trained)
     sft_ckpt.close()
     if after_sft is not None and cfg.iterations > 0:
       after_sft(params)

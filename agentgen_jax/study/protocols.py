@@ -102,6 +102,26 @@ def warm_start_config(cfg: RunConfig, env_names: Sequence[str]) -> RunConfig:
                              sft=dataclasses.replace(cfg.sft, tasks=demos))
 
 
+def warm_start_params(cfg: RunConfig, like):
+  """The params of the SFT checkpoint at cfg.study.warm_start_from ("{seed}" -> cfg.seed), restored into
+  `like`; a one-line error when it is missing or was trained from another model."""
+  path = cfg.study.warm_start_from.replace("{seed}", str(cfg.seed))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"study.warm_start_from={path}: no such directory (a train run's workdir/sft)")
+  ckpt = checkpoint.Checkpointer(path, read_only=True)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"study.warm_start_from={path}: no checkpoint there (want a run's workdir/sft)")
+    base_model = ckpt.restore_meta().get("base_model")
+    if base_model not in (None, cfg.model):
+      raise ValueError(f"study.warm_start_from={path}: trained from model {base_model!r}, this study "
+                       f"uses {cfg.model!r}")
+    trained, _ = ckpt.restore(rl_loop.trained_part(like))
+  finally:
+    ckpt.close()
+  return rl_loop.with_trained_part(like, trained)
+
+
 class Study:
   """Runs the stages of one protocol in one workdir."""
 
@@ -164,7 +184,9 @@ class Study:
     with make_pool(cfg, all_envs) as pool:
       if not self.finished(BASE):
         params = agent.params
-        if cfg.study.warm_start_tasks_per_env > 0:
+        if cfg.study.warm_start_from:
+          params = warm_start_params(cfg, params)
+        elif cfg.study.warm_start_tasks_per_env > 0:
           out = logs.StageOutput(self.stage_dir(BASE), logger, BASE)
           params, _ = rl_loop.train_stage(warm_start_config(cfg, all_envs), agent, params, pool, out)
         self._finish(BASE, agent.params, params, self._evaluator(agent, pool, BASE).run(params, BASE, []), [])
