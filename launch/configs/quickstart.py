@@ -8,10 +8,10 @@ an SFT warm start on 300 expert demonstrations, then 8 GRPO iterations in the `c
 policy scores each valid action). Evaluation: 40 held-in test tasks (unseen seeds), greedy.
 On an accelerator use --config.model=smollm2-135m-instruct (or a local HF folder).
 
-Measured at commit a2df838 (then 768 episode tokens) on an idle 2-core CPU, seed 0: 8 min 14 s; held-in
-success 0.000 (base) -> 0.425 (SFT) -> 0.475 (GRPO); another machine gave 0.450 -> 0.375 (one seed each: the
-GRPO step is within the run-to-run spread). With 1536 tokens (seed 0, loaded CPU): SFT on 296 demos, 132
-steps, 27 min under load; sampled-policy success on 40 held-in tasks x 4: 0.04 (base) -> 0.45 (SFT).
+Measured over 3 seeds (--config.seeds=3, seeds 0-2, 2026-11-30, shared 2-core CPU at load ~6 with two
+studies running): greedy held-in success on 40 test tasks 0.000-0.025 (base) -> 0.25-0.30 (SFT on 296
+demos, 126-132 steps) -> 0.425-0.55 (GRPO); GRPO above SFT on every seed (+0.125 to +0.300). 117 min for
+the 3 seeds under that load (~39 min each); the first wave's 768-token version took 8 min 14 s idle.
 """
 
 from launch.configs import study_small

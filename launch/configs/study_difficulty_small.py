@@ -10,7 +10,10 @@ stage, 20 test tasks × 2 sampled episodes per split and stage, 10 turns in 1024
 difficulty table and the paper-findings table. The same protocol at smoke size runs in
 tests/test_study_protocols_run.py.
 
-Cost and results: see the last paragraph (measured) and docs/examples/difficulty_textcraft_small_3seeds/.
+NOT RUN end to end at this size: the 2-core CPU's session went to the three-env transfer study, the BabyAI
+difficulty study and the quickstart's 3 seeds. Expect zero success on both splits unless the warm start is
+stronger: in study_transfer_small.py (100 TextCraft demos among 300, 4 SFT epochs) the warm-started tiny model
+solved 0 of 40 easy TextCraft episodes, and GRPO on groups that all fail leaves the params bit-identical.
 """
 
 from launch.configs import study_small
