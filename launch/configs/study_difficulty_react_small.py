@@ -10,7 +10,8 @@ Cost MEASURED at smoke size only (study_small.smoke: 1 iteration of 2 tasks × 2
 4 demos, 2 eval tasks per difficulty): 11 min 23 s wall (660 s in the study) on the shared 2-core CPU under a
 load average of ~15 with another study of ours running, 2 min 13 s of CPU time. At smoke size 4 demos do
 not teach the format: every turn was invalid (invalid_rate 1.0, success 0, 16 generated tokens per turn).
-The full size was NOT run (the choose-mode twin is estimated at ~2 hours on an idle CPU).
+The full size was NOT run (the choose-mode twin took ~20 min per seed on the loaded CPU; its warm start
+solved no TextCraft task, see study_difficulty_small.py).
 """
 
 from launch.configs import study_difficulty_small, study_react

@@ -10,10 +10,13 @@ stage, 20 test tasks × 2 sampled episodes per split and stage, 10 turns in 1024
 difficulty table and the paper-findings table. The same protocol at smoke size runs in
 tests/test_study_protocols_run.py.
 
-NOT RUN end to end at this size: the 2-core CPU's session went to the three-env transfer study, the BabyAI
-difficulty study and the quickstart's 3 seeds. Expect zero success on both splits unless the warm start is
-stronger: in study_transfer_small.py (100 TextCraft demos among 300, 4 SFT epochs) the warm-started tiny model
-solved 0 of 40 easy TextCraft episodes, and GRPO on groups that all fail leaves the params bit-identical.
+Measured (2026-11-30, shared 2-core CPU, load 4-6), warm-started from study_transfer_small.py's per-seed SFT
+(`--config.study.warm_start_from=runs/transfer_small/seed_{seed}/stages/base/sft`: 100 demos of each of
+ALFWorld, TextCraft and BabyAI, 4 epochs): ~20 min per seed. Every score was 0 on both splits for every
+variant (seeds 0 and 1; seed 2 did not finish within the session): the warm-started tiny model solves no
+TextCraft task in 10 turns, every GRPO group fails, the advantages are all zero and the params stay bit-
+identical. A TextCraft difficulty study needs a stronger warm start (more demos and epochs: hours on this CPU)
+or a larger model on an accelerator.
 """
 
 from launch.configs import study_small
