@@ -111,10 +111,16 @@ def trained_part(params):
   return models.lora.split(params)[1] if models.lora.is_attached(params) else params
 
 
-def with_trained_part(params, trained):
+def _with_trained_part(params, trained):
   if models.lora.is_attached(params):
     return models.lora.join(models.lora.split(params)[0], trained)
   return trained
+
+
+def restore_trained(ckpt: checkpoint.Checkpointer, params):
+  """params with their trained part (see trained_part) replaced by the one in the SFT checkpoint `ckpt`."""
+  trained, _ = ckpt.restore(trained_part(params))
+  return _with_trained_part(params, trained)
 
 
 def train_stage(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutput,
@@ -130,8 +136,7 @@ def train_stage(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageO
       params, n_demos = demos.sft_warm_start(cfg, agent, pool, out)
       sft_ckpt.save(1, trained_part(params), {"demos": n_demos, "base_model": cfg.model})
     else:
-      trained, _ = sft_ckpt.restore(trained_part(params))
-      params = with_trained_part(params, trained)
+      params = restore_trained(sft_ckpt, params)
     sft_ckpt.close()
     if after_sft is not None and cfg.iterations > 0:
       after_sft(params)

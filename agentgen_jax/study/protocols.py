@@ -111,15 +111,14 @@ def warm_start_params(cfg: RunConfig, like):
   ckpt = checkpoint.Checkpointer(path, read_only=True)
   try:
     if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"study.warm_start_from={path}: no checkpoint there (want a run's workdir/sft)")
+      raise FileNotFoundError(f"study.warm_start_from={path}: no checkpoint there (a run's workdir/sft)")
     base_model = ckpt.restore_meta().get("base_model")
     if base_model not in (None, cfg.model):
       raise ValueError(f"study.warm_start_from={path}: trained from model {base_model!r}, this study "
                        f"uses {cfg.model!r}")
-    trained, _ = ckpt.restore(rl_loop.trained_part(like))
+    return rl_loop.restore_trained(ckpt, like)
   finally:
     ckpt.close()
-  return rl_loop.with_trained_part(like, trained)
 
 
 class Study:
