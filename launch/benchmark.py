@@ -4,6 +4,10 @@ end-to-end training iteration. Writes docs/BENCHMARKS.md and docs/benchmarks.jso
   python -m launch.benchmark --suites=model,envs,e2e,cache
   python -m launch.benchmark --suites=e2e --baseline=a2df838   # this tree against a commit, side by side
   python -m launch.benchmark --suites=choose --baseline=2caea5e   # choose vs generate learning, both trees
+  python -m launch.benchmark --suites=gpu      # on a GPU machine: decode vs the HBM floor, bf16 train MFU
+
+Rows of suites not run are kept from earlier runs, with the machine each was measured on: a GPU machine's
+rows and this CPU's share one BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from absl import app, flags
 
 from launch import validate
 
-SUITES = ("model", "envs", "e2e", "cache", "choose")
+SUITES = ("model", "envs", "e2e", "cache", "choose", "gpu")
 _SUITES = flags.DEFINE_list("suites", list(SUITES), f"which benchmarks to run, of {SUITES}")
 _OUT = flags.DEFINE_string("out", "docs", "folder for BENCHMARKS.md and benchmarks.json")
 _QUICK = flags.DEFINE_bool("quick", False, "smaller sizes (a smoke run, not for reporting)")
@@ -35,6 +39,8 @@ def machine() -> dict:
   info = {"platform": platform.platform(), "python": platform.python_version(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__,
           "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend()}
+  if info["backend"] != "cpu":
+    info["device_kind"] = jax.devices()[0].device_kind
   try:
     import psutil
     info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
@@ -57,21 +63,29 @@ def _fmt(value) -> str:
   return str(value)
 
 
-def render(rows: list[dict], info: dict) -> str:
-  """Markdown: one table per group of rows."""
+def render(rows: list[dict], info: dict, machines: dict | None = None) -> str:
+  """Markdown: one table per group of rows; `machines` (backend -> machine info) describes rows measured on
+  another backend than this run's."""
   groups: dict[str, list[dict]] = {}
   for row in rows:
     groups.setdefault(row["group"], []).append(row)
   dates = {group: sorted({r.get("date", info["date"]) for r in group_rows})
            for group, group_rows in groups.items()}
-  machine = "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "date")
+  machines = dict(machines or {})
+  machines[info["backend"]] = info
+  describe = lambda m: ", ".join(f"{k}={v}" for k, v in m.items() if k != "date")
+  machine = f"Machine ({info['backend']} rows): {describe(info)}"
+  for backend, other in machines.items():
+    if backend != info["backend"]:
+      machine += f"\n\nMachine ({backend} rows, as of {other.get('date', '?')}): {describe(other)}"
   if any(d != [info["date"]] for d in dates.values()):
-    machine += (f". Rows come from separate runs (each suite's rows are kept until it is run again): this "
-                f"machine line is the latest run's ({info['date']}); rows measured on other dates: "
+    machine += (f"\n\nRows come from separate runs (each suite's rows are kept until it is run again); rows "
+                f"measured before {info['date']}: "
                 + "; ".join(f"{g}: {', '.join(d)}" for g, d in dates.items() if d != [info["date"]]))
   lines = ["# Benchmarks", "", f"Written by `python -m launch.benchmark` on {info['date']}.", "", machine, ""]
   for group, group_rows in groups.items():
-    lines += [f"## {group}", "",
+    backends = sorted({r.get("machine", info["backend"]) for r in group_rows})
+    lines += [f"## {group}" + ("" if backends == ["cpu"] else f" ({', '.join(backends)})"), "",
               "| metric | ours | reference | ratio | unit | target | met | notes |",
               "|---|---|---|---|---|---|---|---|"]
     for r in group_rows:
@@ -115,11 +129,16 @@ def main(argv):
     r["date"] = info["date"]
     merged[key(r)] = r
   rows = list(merged.values())
+  machines = previous.get("machines", {})
+  if "machine" in previous:
+    machines.setdefault(previous["machine"].get("backend", "cpu"), previous["machine"])
+  machines[info["backend"]] = info
   with open(json_path, "w") as f:
-    json.dump({"machine": info, "rows": rows}, f, indent=1)
+    json.dump({"machine": info, "machines": machines, "rows": rows}, f, indent=1)
+  text = render(rows, info, machines)
   with open(os.path.join(_OUT.value, "BENCHMARKS.md"), "w") as f:
-    f.write(render(rows, info))
-  print(render(rows, info))
+    f.write(text)
+  print(text)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,16 @@ def _plan(*args, timeout=900):
 
 @pytest.mark.parametrize("name, params", [("qwen2.5-0.5b", 0.49e9), ("qwen2.5-1.5b", 1.54e9),
                                           ("qwen2.5-3b", 3.09e9), ("qwen2.5-7b", 7.62e9),
-                                          ("llama-3.1-8b", 8.03e9)])
+                                          ("llama-3.1-8b", 8.03e9), ("smollm2-135m", 0.1345e9)])
 def test_architecture_presets_match_the_published_sizes(name, params):
   assert abs(models.preset(name).num_params() / params - 1) < 0.01
+
+
+def test_smollm2_shape_preset_is_the_embedded_models_config():
+  # The GPU benchmark times random weights of this shape: it must be the model the CPU rows time.
+  embedded = models.load_config("smollm2-135m-instruct")
+  assert embedded.rms_norm_eps == pytest.approx(1e-5, rel=1e-6)  # the GGUF stores it as a float32
+  assert models.preset("smollm2-135m") == embedded.replace(rms_norm_eps=1e-5)
 
 
 @pytest.mark.slow

@@ -100,9 +100,15 @@ _QWEN25 = dict(vocab_size=151936, head_dim=128, rope_theta=1000000.0, rms_norm_e
                tie_embeddings=True, max_position_embeddings=32768, bos_token_id=151643,
                eos_token_ids=(151645, 151643), pad_token_id=151643, architecture="qwen2")
 # Shapes only, from each model's public config.json (Qwen/Qwen2.5-*-Instruct,
-# meta-llama/Llama-3.1-8B-Instruct): there are no weights behind these names. launch.plan uses them;
-# training needs the HF folder.
+# meta-llama/Llama-3.1-8B-Instruct, HuggingFaceTB/SmolLM2-135M-Instruct): there are no weights behind these
+# names. launch.plan uses them, and the GPU benchmark times random weights of the SmolLM2 shape; training
+# needs the HF folder (or, for SmolLM2, the embedded "smollm2-135m-instruct").
 _ARCHITECTURES = {
+    "smollm2-135m": dict(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+        num_kv_heads=3, head_dim=64, rope_theta=100000.0, rms_norm_eps=1e-5, tie_embeddings=True,
+        max_position_embeddings=8192, bos_token_id=1, eos_token_ids=(2,), pad_token_id=2,
+        architecture="llama"),
     "qwen2.5-0.5b": dict(_QWEN25, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
                          num_kv_heads=2, head_dim=64),
     "qwen2.5-1.5b": dict(_QWEN25, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,

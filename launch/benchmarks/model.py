@@ -79,23 +79,30 @@ def _sampler_ours(cfg, params, prompts: np.ndarray, new_tokens: int):
   return generate
 
 
-def _sampler_torch(folder: str, prompts: np.ndarray, new_tokens: int):
+def _sampler_torch(folder: str, prompts: np.ndarray, new_tokens: int, device: str = "cpu",
+                   dtype: str = "float32"):
   """The same for transformers: decode s = generate s - prefill s (generate = prefill + N - 1 steps)."""
   import torch
   import transformers
-  model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-  ids = torch.tensor(prompts, dtype=torch.long)
+  model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+  model = model.to(device).eval()
+  ids = torch.tensor(prompts, dtype=torch.long, device=device)
   mask = torch.ones_like(ids)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
   @torch.inference_mode()
   def generate():
+    sync()
     start = time.perf_counter()
     model(input_ids=ids, attention_mask=mask, use_cache=True)
+    sync()
     prefill_s = time.perf_counter() - start
     start = time.perf_counter()
     tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
-    return tokens[:, prompts.shape[1]:].numpy(), prefill_s, time.perf_counter() - start - prefill_s
+    sync()
+    decode_s = time.perf_counter() - start - prefill_s
+    return tokens[:, prompts.shape[1]:].cpu().numpy(), prefill_s, decode_s
 
   return generate
 
@@ -234,23 +241,33 @@ def _loss_parts_ours(cfg, tokens: np.ndarray, seconds: float):
   return runners
 
 
-def _train_torch(cfg, tokens: np.ndarray):
+def _train_torch(cfg, tokens: np.ndarray, device: str = "cpu"):
+  """The same step in torch: float32 weights and AdamW, the forward under bf16 autocast when cfg computes
+  in bfloat16 (as ours: float32 master weights, bf16 matmuls)."""
   import torch
   import transformers
   with tempfile.TemporaryDirectory() as folder:
     models.save_hf(cfg, models.init_params(cfg, 0), folder)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).train()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
-  tokens = torch.tensor(tokens, dtype=torch.long)
+  tokens = torch.tensor(tokens, dtype=torch.long, device=device)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  cuda = device.startswith("cuda")
+  autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
   def run():
+    if cuda:
+      torch.cuda.synchronize()
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    logits = model(input_ids=inputs).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    with autocast:
+      logits = model(input_ids=inputs).logits
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    loss = torch.nn.functional.cross_entropy(logits, targets.reshape(-1))
     loss.backward()
     optimizer.step()
+    if cuda:
+      torch.cuda.synchronize()
     return None, time.perf_counter() - start
 
   return run
