@@ -10,6 +10,7 @@ import jax
 
 from agentgen_jax import models, parallel, rollout
 from agentgen_jax import tokenizer as tokenizer_lib
+from agentgen_jax.models import config as models_config
 
 
 @dataclasses.dataclass
@@ -25,14 +26,16 @@ class Agent:
 
 
 def load(model: str, tokenizer: str = "", dtype: str = "", system_prompt: str | None = None,
-         param_dtype: str = "", remat: str = "none", seed: int = 0, mesh=None) -> Agent:
+         param_dtype: str = "", remat: str = "none", seed: int = 0, mesh=None,
+         layer_loop: str = "auto") -> Agent:
   """The agent `model` names (see models.load); `tokenizer` defaults to the model's own. `dtype` is the
   compute dtype; params stay float32 unless `param_dtype` says otherwise; a preset's random init follows
-  `seed`. With a mesh the params go from the host straight into their FSDP shardings."""
+  `seed`; `layer_loop` (models.config.LAYER_LOOPS) says whether the layers are traced as a loop. With a
+  mesh the params go from the host straight into their FSDP shardings."""
   place = None if mesh is None else (lambda params: parallel.place_params(params, mesh))
   cfg, params = models.load(model, dtype=dtype or None, param_dtype=param_dtype or None, seed=seed,
                             place=place)
-  cfg = cfg.replace(remat=remat)
+  cfg = cfg.replace(remat=remat, unroll_layers=models_config.unroll_layers(layer_loop, cfg.num_layers))
   tok = tokenizer_lib.load(tokenizer or model)
   tokenizer_lib.check_compatible(tok, cfg)
   return Agent(cfg, params, tok, rollout.ChatFormat(tok, system_prompt or None), mesh)
@@ -50,7 +53,7 @@ def from_config(cfg, mesh=None) -> Agent:
   params placed over `mesh` (from run_mesh(cfg)). With cfg.lora.rank > 0 its params are the base in the
   compute dtype with fresh LoRA adapters attached (equal to the base until trained)."""
   agent = load(cfg.model, cfg.tokenizer, cfg.dtype, cfg.rollout.system_prompt, cfg.param_dtype, cfg.remat,
-               seed=cfg.seed, mesh=mesh)
+               seed=cfg.seed, mesh=mesh, layer_loop=cfg.layer_loop)
   params = agent.params
   if cfg.lora.enabled:
     base = jax.tree.map(lambda x: x.astype(agent.cfg.dtype), params)

@@ -68,6 +68,7 @@ class RunConfig:
   dtype: str = ""                  # compute dtype; default float32 on CPU, bfloat16 on accelerators
   param_dtype: str = ""            # storage dtype of params and Adam moments; default float32
   remat: str = "none"              # per-layer activation remat in the backward: none | full | dots
+  layer_loop: str = "auto"         # layers traced as a loop (scan) or straight-line (unroll); auto: <= 8
   mesh: str = "data:-1"            # device mesh, axes data and fsdp: data:-1 | fsdp:8 | data:2,fsdp:4
   seed: int = 0
   seeds: int = 1                   # launch: run the protocol once per seed (study/seeds.py)
@@ -225,6 +226,7 @@ def check(cfg: RunConfig) -> None:
                               ("eval.difficulty", cfg.eval.difficulty, env_base.DIFFICULTIES)):
     _one_of(field, value, valid)
   _one_of("remat", cfg.remat, models_config.REMAT_POLICIES)
+  _one_of("layer_loop", cfg.layer_loop, models_config.LAYER_LOOPS)
   if cfg.param_dtype:
     _one_of("param_dtype", cfg.param_dtype, models_config.DTYPES)
   for difficulty in cfg.study.eval_difficulties:

@@ -54,11 +54,13 @@ def simulate_devices(argv: list[str]) -> None:
 
 def model_config(c):
   """The model's shapes, compute dtype (bf16 unless the config says otherwise: plans are for accelerators),
-  param dtype and remat policy; no weights are read."""
+  param dtype, remat policy and layer loop; no weights are read."""
   from agentgen_jax import models
+  from agentgen_jax.models import config as models_config
   cfg = models.load_config(c.model, dtype=c.get("dtype") or "bfloat16",
                            param_dtype=c.get("param_dtype") or None)
-  return cfg.replace(remat=c.get("remat", "none"))
+  unroll = models_config.unroll_layers(c.get("layer_loop", "auto"), cfg.num_layers)
+  return cfg.replace(remat=c.get("remat", "none"), unroll_layers=unroll)
 
 
 def lora_config(c):

@@ -115,6 +115,13 @@ def test_bad_values_are_one_line_errors_naming_the_choices(field, value, message
     config.resolve(c)
 
 
+def test_bad_layer_loop_is_a_one_line_error_naming_the_choices():
+  c = config.default_config().to_dict()
+  c["layer_loop"] = "loop"
+  with pytest.raises(ValueError, match="unknown layer_loop 'loop'; valid: auto, scan, unroll"):
+    config.resolve(c)
+
+
 def test_sampling_settings_that_only_evaluation_may_use_are_fine_without_rl():
   c = config.default_config().to_dict()
   c["iterations"], c["rollout"]["top_p"], c["rollout"]["temperature"] = 0, 0.9, 0.0

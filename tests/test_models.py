@@ -196,6 +196,52 @@ def test_remat_gives_the_same_gradients(params):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
 
 
+def test_unrolled_layers_compute_the_scanned_function(params):
+  # Same params, same forward, cached decode and gradients, whether the layers are a loop or unrolled.
+  unrolled = CFG.replace(unroll_layers=True)
+  tokens = _tokens(2, 6, seed=11)
+  np.testing.assert_allclose(models.logits(unrolled, params, tokens), models.logits(CFG, params, tokens),
+                             rtol=1e-5, atol=1e-6)
+  cached = []
+  for cfg in (CFG, unrolled):
+    cache = models.init_cache(cfg, 2, 16)
+    _, _, cache = forward(cfg, params, tokens[:, :5], _positions(2, 5), cache=cache)
+    cached.append(forward(cfg, params, tokens[:, 5:], _positions(2, 1, 5), cache=cache)[0])
+  np.testing.assert_allclose(cached[1], cached[0], rtol=1e-5, atol=1e-6)
+  grads = [jax.grad(lambda p, cfg=cfg: models.logits(cfg, p, tokens).std())(params)
+           for cfg in (CFG, unrolled)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads[0], grads[1])
+
+
+@pytest.mark.parametrize("layer_loop, layers, unrolled", [
+    ("auto", 4, True), ("auto", 8, True), ("auto", 9, False), ("scan", 4, False), ("unroll", 30, True)])
+def test_layer_loop_setting_decides_unrolling(layer_loop, layers, unrolled):
+  from agentgen_jax.models import config as models_config
+  assert models_config.unroll_layers(layer_loop, layers) is unrolled
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype, out_dtype", [("float32", None), ("bfloat16", None), ("bfloat16", "float32")])
+def test_linear_has_the_einsums_value_and_gradients(transposed, dtype, out_dtype):
+  # models.linear writes its backward out by hand (for XLA:CPU's layouts): it must be the einsum's own
+  # derivative, in every dtype combination the layers and the head use; checked against float64 numpy.
+  rng = np.random.default_rng(0)
+  x64, w64 = rng.normal(size=(2, 3, 5)), rng.normal(size=(4, 5) if transposed else (5, 4))
+  g64 = rng.normal(size=(2, 3, 4))
+  x, w = jnp.asarray(x64, dtype), jnp.asarray(w64, dtype)
+  out = jnp.dtype(out_dtype) if out_dtype else None
+  y, vjp = jax.vjp(lambda x, w: models.linear(x, w, transposed, out), x, w)
+  dx, dw = vjp(jnp.asarray(g64, y.dtype))
+  assert y.dtype == (out or x.dtype) and dx.dtype == x.dtype and dw.dtype == w.dtype
+  xr, wr = np.asarray(x, np.float64), np.asarray(w, np.float64)   # the rounded inputs
+  wm = wr.T if transposed else wr                                 # [in, out]
+  tol = 1e-5 if dtype == "float32" else 3e-2
+  np.testing.assert_allclose(np.asarray(y, np.float64), xr @ wm, rtol=tol, atol=tol)
+  np.testing.assert_allclose(np.asarray(dx, np.float64), g64 @ wm.T, rtol=tol, atol=tol)
+  dwm = np.einsum("bti,bto->io", xr, g64)
+  np.testing.assert_allclose(np.asarray(dw, np.float64), dwm.T if transposed else dwm, rtol=tol, atol=tol)
+
+
 def test_unknown_remat_policy_names_the_choices():
   with pytest.raises(ValueError, match="remat='some'; valid: none, full, dots"):
     CFG.replace(remat="some")

@@ -13,6 +13,7 @@ from agentgen_jax.models.transformer import (
            forward_branches,
            init_cache,
            init_params,
+           linear,
            lm_head,
            logits,
 )
@@ -25,5 +26,5 @@ save_hf = _export.save_hf
 save_peft = _export.save_peft
 
 __all__ = ["Branches", "KVCache", "LoraConfig", "ModelConfig", "forward", "forward_branches", "init_cache",
-           "init_params", "lm_head", "load", "load_config", "logits", "lora", "preset", "save_hf",
+           "init_params", "linear", "lm_head", "load", "load_config", "logits", "lora", "preset", "save_hf",
            "save_peft", "value"]

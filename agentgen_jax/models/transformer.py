@@ -90,6 +90,47 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * normed.astype(self.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def linear(x: jax.Array, w: jax.Array, transposed: bool = False, out_dtype=None) -> jax.Array:
+  """x [..., I] times a weight w [I, O] (or [O, I] when `transposed`: the tied embedding as the head) ->
+  [..., O] in out_dtype (default: the operands' dtype, as an einsum's preferred_element_type).
+
+  The same function as the einsum, with the backward written out: dW = x^T g as einsum("...i,...o->io")
+  (transposed afterwards for a [O, I] weight). For the rule jax derives from the forward einsum, XLA:CPU
+  materialises g transposed: for the head that is every token's [V] logit gradient (a [2, 1024, 4096] copy
+  took more time than the matmuls of a tiny-model update), for the MLP the [T, F] activations' gradient.
+  Here only x's layout changes, and the weight-sized result. Measured in docs/BENCHMARKS.md (train step).
+  """
+  spec = "...i,oi->...o" if transposed else "...i,io->...o"
+  return jnp.einsum(spec, x, w, preferred_element_type=out_dtype)
+
+
+def _linear_fwd(x, w, transposed, out_dtype):
+  return linear(x, w, transposed, out_dtype), (x, w)
+
+
+def _linear_bwd(transposed, out_dtype, residuals, g):
+  x, w = residuals
+  # As jax's own rule for a dot with preferred_element_type: the cotangent dots accumulate in the wider of
+  # g's and the operand's dtype, and the results are cast to the primal dtypes.
+  dx = jnp.einsum("...o,oi->...i" if transposed else "...o,io->...i", g, w,
+                  preferred_element_type=jnp.promote_types(g.dtype, w.dtype))
+  dw = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.promote_types(g.dtype, x.dtype))
+  return dx.astype(x.dtype), (dw.T if transposed else dw).astype(w.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """nn.Dense's dot_general (x [..., I] . kernel [I, O]) through `linear`."""
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  if tuple(lhs_contract) != (lhs.ndim - 1,) or tuple(rhs_contract) != (0,) or lhs_batch or rhs_batch:
+    raise ValueError(f"linear layers contract x's last dim with the kernel's first, not {dimension_numbers}")
+  del precision  # the model's matmuls use the default precision (jax_default_matmul_precision applies)
+  return linear(lhs, rhs, False, preferred_element_type)
+
+
 class LoraDense(nn.Dense):
   """nn.Dense plus, when the "lora" collection holds this layer's adapter, the low-rank branch
   (x·A)·B·scale (scale = alpha / rank, see models/lora.py), computed beside x·W: the merged weight is
@@ -111,6 +152,7 @@ class LoraDense(nn.Dense):
 
 def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn.Dense:
   return LoraDense(features, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                   dot_general=_dense_dot_general,
                    kernel_init=nn.initializers.normal(_INIT_STD), name=name)
 
 
@@ -238,9 +280,12 @@ class Decoder(nn.Module):
                      embedding_init=nn.initializers.normal(_INIT_STD), name="embed")
     x = embed(tokens)
     block = _remat(Block, cfg.remat)
+    # Unrolled, the layers are straight-line code over the same stacked params: no loop-carried stacks of
+    # residuals to fill and slice (ModelConfig.unroll_layers).
     layers = nn.scan(block, variable_axes={"params": 0, "lora": 0},
                      split_rngs={"params": True, "dropout": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
+                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                     unroll=cfg.num_layers if cfg.unroll_layers else 1)
     k_cache, v_cache = kv if kv is not None else (None, None)
     (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.branches, name="layers")(
         (x, k_cache, v_cache), jnp.arange(cfg.num_layers), rope, mask, index)
@@ -259,10 +304,8 @@ def lm_head(cfg: ModelConfig, params: dict, hidden: jax.Array) -> jax.Array:
   them; lets a caller run the head on a few positions only (e.g. each row's last token after a prefill)."""
   hidden = hidden.astype(cfg.dtype)
   if cfg.tie_embeddings:
-    return jnp.einsum("btd,vd->btv", hidden, params["embed"]["embedding"].astype(cfg.dtype),
-                      preferred_element_type=jnp.float32)
-  return jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(cfg.dtype),
-                    preferred_element_type=jnp.float32)
+    return linear(hidden, params["embed"]["embedding"].astype(cfg.dtype), True, jnp.float32)
+  return linear(hidden, params["lm_head"].astype(cfg.dtype), False, jnp.float32)
 
 
 def init_params(cfg: ModelConfig, rng) -> dict:
