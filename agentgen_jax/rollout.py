@@ -280,8 +280,9 @@ class Roller:
     return ctx.cache.valid.shape[0] // jax.process_count()
 
   def _extend(self, params, ctx, chunks: list[list[int]]):
-    # Every process pads to the same length: the job's longest chunk.
-    t = sampling.bucket(distributed.global_max(max([len(c) for c in chunks] + [1])))
+    # Every process pads to the same length: the job's longest chunk (sampling.extend pads it to a bucket
+    # for the compiled shape and moves the cache index by this length only).
+    t = distributed.global_max(max([len(c) for c in chunks] + [1]))
     rows = self._own_rows(ctx)  # padding rows (see _rows) get no tokens
     tokens = np.zeros((rows, t), np.int32)
     valid = np.zeros((rows, t), bool)

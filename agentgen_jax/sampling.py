@@ -74,9 +74,12 @@ def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
   return _context_maker(cfg, batch, max_len, mesh)()
 
 
-def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, window: int) -> Context:
+def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, window: int,
+                advance: jax.Array | None = None) -> Context:
   """extend's device program, unjitted (launch.plan compiles it with its own shardings): appends the
-  already padded chunk tokens, valid [B, T], attending over the first `window` cache slots."""
+  already padded chunk tokens, valid [B, T], attending over the first `window` cache slots. The cache's
+  index then moves by `advance` (an int32 scalar <= T; default T): slots past it hold the chunk's padding,
+  invalid, and the next write starts over them."""
   valid = valid.astype(bool)
   counts = valid.sum(axis=1).astype(jnp.int32)                                    # [B]
   positions = ctx.next_pos[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
@@ -91,6 +94,8 @@ def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, 
   last_hidden = jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)   # [B, 1, D]
   row_logits = models.lm_head(cfg, params, last_hidden)[:, 0]
   last_logits = jnp.where((counts > 0)[:, None], row_logits, ctx.last_logits)
+  if advance is not None:
+    cache = cache.replace(index=ctx.cache.index + advance)
   return Context(cache=cache, next_pos=ctx.next_pos + counts, last_logits=last_logits)
 
 
@@ -99,9 +104,12 @@ _extend_jit = jax.jit(extend_step, static_argnames=("cfg", "window"), donate_arg
 
 def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
   """Appends a chunk per row: tokens [B, T] int32, valid [B, T] bool (rows with no valid token keep
-  their state). The chunk is padded to bucket(T) so that turns of similar length share one compile.
+  their state). The chunk is padded to bucket(T) so that turns of similar length share one compile, but
+  the cache's index moves by T only: the next chunk or decoded token is written over the bucket's
+  padding, so that the padding leaves no holes in the cache (and attention windows stay small).
 
-  Every row uses the same cache slots [index, index + T'); padding slots stay invalid. `ctx` is donated.
+  Every row uses the same cache slots [index, index + T); slots of rows' own padding stay invalid. `ctx`
+  is donated.
   """
   tokens, valid = np.asarray(tokens, np.int32), np.asarray(valid, bool)
   if tokens.shape != valid.shape or tokens.ndim != 2:
@@ -118,7 +126,7 @@ def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
     valid = np.pad(valid, ((0, 0), (0, padded - length)))
   tokens, valid = _like_rows(ctx, tokens), _like_rows(ctx, valid)
   window = live_window(index + padded, ctx.cache.valid.shape[1])
-  return _extend_jit(cfg, params, ctx, tokens, valid, window=window)
+  return _extend_jit(cfg, params, ctx, tokens, valid, window=window, advance=np.int32(length))
 
 
 def _like_rows(ctx: Context, x: np.ndarray):

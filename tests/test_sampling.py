@@ -212,9 +212,12 @@ def test_eos_and_stop_sequences_end_rows(llama):
   for r in range(3):
     np.testing.assert_array_equal(np.asarray(out.tokens[r, :expected[r]]), free[r, :expected[r]])
     np.testing.assert_array_equal(np.asarray(out.tokens[r, expected[r]:]), 0)
-    # The slots decoded after the row stopped are not valid (16 prompt slots, then one per step).
-    np.testing.assert_array_equal(np.asarray(ctx.cache.valid[r, 16:16 + max(expected)]),
+    # The slots decoded after the row stopped are not valid (the longest prompt's 11 slots: extend pads the
+    # chunk to its bucket of 16 but moves the index by 11; then one slot per step).
+    start = max(len(p) for p in PROMPTS)
+    np.testing.assert_array_equal(np.asarray(ctx.cache.valid[r, start:start + max(expected)]),
                                   np.arange(max(expected)) < expected[r])
+  assert int(ctx.cache.index) == start + max(expected)
 
 
 def test_truncate_at_stop_strings():
@@ -264,8 +267,10 @@ def test_no_recompilation_within_a_bucket(llama):
   ctx, _ = _decode(cfg, params, ctx, temperature=0.7, top_p=0.9)
   # New temperature and top_p values are new inputs, not new programs.
   assert sampling._decode_jit._cache_size() == decodes
-  with pytest.raises(ValueError, match="cache slots left"):   # 64 - 24 - 24 - 8 = 8 slots left
-    sampling.extend(cfg, params, ctx, np.ones((3, 9)), np.ones((3, 9)))
+  # The index moved by the chunks' own lengths, not their bucket: 64 - 17 - 23 - 8 = 16 slots left.
+  assert int(ctx.cache.index) == 48
+  with pytest.raises(ValueError, match="cache slots left"):
+    sampling.extend(cfg, params, ctx, np.ones((3, 17)), np.ones((3, 17)))
 
 
 def test_bucket_sizes():
