@@ -198,7 +198,7 @@ def test_remat_gives_the_same_gradients(params):
 
 def test_unrolled_layers_compute_the_scanned_function(params):
   # Same params, same forward, cached decode and gradients, whether the layers are a loop or unrolled.
-  unrolled = CFG.replace(unroll_layers=True)
+  unrolled = CFG.replace(unroll_layers="all")
   tokens = _tokens(2, 6, seed=11)
   np.testing.assert_allclose(models.logits(unrolled, params, tokens), models.logits(CFG, params, tokens),
                              rtol=1e-5, atol=1e-6)
@@ -214,10 +214,23 @@ def test_unrolled_layers_compute_the_scanned_function(params):
 
 
 @pytest.mark.parametrize("layer_loop, layers, unrolled", [
-    ("auto", 4, True), ("auto", 8, True), ("auto", 9, False), ("scan", 4, False), ("unroll", 30, True)])
+    ("auto", 4, "learner"), ("auto", 8, "learner"), ("auto", 9, "none"), ("scan", 4, "none"),
+    ("unroll", 30, "all")])
 def test_layer_loop_setting_decides_unrolling(layer_loop, layers, unrolled):
   from agentgen_jax.models import config as models_config
-  assert models_config.unroll_layers(layer_loop, layers) is unrolled
+  assert models_config.unroll_layers(layer_loop, layers) == unrolled
+  with pytest.raises(ValueError, match="unroll_layers='some'; valid: none, learner, all"):
+    CFG.replace(unroll_layers="some")
+
+
+def test_learner_unrolling_leaves_the_sampler_a_loop(params):
+  # "learner": forwards without a cache (the update) unrolled, cached ones (the sampler) a loop.
+  cfg = CFG.replace(unroll_layers="learner")
+  tokens = _tokens(1, 4, seed=12)
+  plain = jax.jit(lambda p: models.logits(cfg, p, tokens)).lower(params).as_text()
+  cached = jax.jit(lambda p: forward(cfg, p, tokens, _positions(1, 4), cache=models.init_cache(cfg, 1, 8))[0]
+                   ).lower(params).as_text()
+  assert "while" not in plain and "while" in cached
 
 
 @pytest.mark.parametrize("transposed", [False, True])

@@ -15,17 +15,24 @@ ROPE_TYPES = ("default", "linear", "llama3")
 # "full" keeps only each layer's input, "dots" also keeps the outputs of the weight matmuls (not the
 # attention scores, which grow with T^2): a middle ground between memory and recompute.
 REMAT_POLICIES = ("none", "full", "dots")
-# How the layers are traced (RunConfig.layer_loop): "scan" a loop over the stacked layer params, "unroll"
-# straight-line code (ModelConfig.unroll_layers), "auto" unrolled up to AUTO_UNROLL_LAYERS layers.
+# How the layers are traced (RunConfig.layer_loop): "scan" a loop over the stacked layer params everywhere,
+# "unroll" straight-line code everywhere, "auto" straight-line code in the learner's forwards (no KV cache:
+# the update, its log-prob recompute, SFT) for models of up to AUTO_UNROLL_LAYERS layers and a loop in the
+# sampler's (each cache window and chunk bucket is its own program, and unrolled programs compile ~1.4x
+# slower: early RL iterations, which compile most of them, ran slower overall unrolled).
 LAYER_LOOPS = ("auto", "scan", "unroll")
 AUTO_UNROLL_LAYERS = 8
+# ModelConfig.unroll_layers: which forwards trace their layers unrolled.
+UNROLL_CHOICES = ("none", "learner", "all")
 
 
-def unroll_layers(layer_loop: str, num_layers: int) -> bool:
-  """Whether a model of num_layers layers is traced unrolled under RunConfig.layer_loop."""
+def unroll_layers(layer_loop: str, num_layers: int) -> str:
+  """ModelConfig.unroll_layers for a model of num_layers layers under RunConfig.layer_loop."""
   if layer_loop not in LAYER_LOOPS:
     raise ValueError(f"layer_loop={layer_loop!r}; valid: {', '.join(LAYER_LOOPS)}")
-  return layer_loop == "unroll" or (layer_loop == "auto" and num_layers <= AUTO_UNROLL_LAYERS)
+  if layer_loop == "unroll":
+    return "all"
+  return "learner" if layer_loop == "auto" and num_layers <= AUTO_UNROLL_LAYERS else "none"
 # The vocabulary of the shipped tiny BPE tokenizer (agentgen_jax/assets/tiny_tokenizer); a test pins it.
 TINY_VOCAB_SIZE = 4096
 
@@ -57,17 +64,20 @@ class ModelConfig:
   # storage cannot take an lr-1e-6 step on a weight of size ~0.02 (the step is below bf16's spacing there).
   param_dtype: str = "float32"
   remat: str = "none"           # one of REMAT_POLICIES (True / False are read as "full" / "none")
-  # The layers as straight-line code instead of a loop over the stacked layer params (same params, same
-  # function): on XLA:CPU a tiny-model update ran 1.2x faster and a decode step 1.25x (no loop-carried
+  # Which forwards trace the layers as straight-line code instead of a loop over the stacked layer params
+  # (same params, same function), one of UNROLL_CHOICES: "learner" (forwards without a KV cache), "all", or
+  # "none". On XLA:CPU a tiny-model update ran 1.2x faster unrolled and a decode step 1.25x (no loop-carried
   # stacks of residuals to fill and slice), at a compile time that grows with the layer count. Set from
-  # RunConfig.layer_loop (default: unrolled up to 8 layers, a loop beyond).
-  unroll_layers: bool = False
+  # RunConfig.layer_loop (default "auto": "learner" up to 8 layers, "none" beyond).
+  unroll_layers: str = "none"
 
   def __post_init__(self):
     if isinstance(self.remat, bool):  # the older boolean flag
       object.__setattr__(self, "remat", "full" if self.remat else "none")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+    if self.unroll_layers not in UNROLL_CHOICES:
+      raise ValueError(f"unroll_layers={self.unroll_layers!r}; valid: {', '.join(UNROLL_CHOICES)}")
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f"architecture={self.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
     for field in ("dtype", "param_dtype"):

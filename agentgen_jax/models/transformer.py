@@ -281,11 +281,12 @@ class Decoder(nn.Module):
     x = embed(tokens)
     block = _remat(Block, cfg.remat)
     # Unrolled, the layers are straight-line code over the same stacked params: no loop-carried stacks of
-    # residuals to fill and slice (ModelConfig.unroll_layers).
+    # residuals to fill and slice (ModelConfig.unroll_layers; "learner": the forwards without a cache).
+    unroll = cfg.unroll_layers == "all" or (cfg.unroll_layers == "learner" and kv is None)
     layers = nn.scan(block, variable_axes={"params": 0, "lora": 0},
                      split_rngs={"params": True, "dropout": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                     unroll=cfg.num_layers if cfg.unroll_layers else 1)
+                     unroll=cfg.num_layers if unroll else 1)
     k_cache, v_cache = kv if kv is not None else (None, None)
     (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.branches, name="layers")(
         (x, k_cache, v_cache), jnp.arange(cfg.num_layers), rope, mask, index)
