@@ -14,8 +14,10 @@ import numpy as np
 import optax
 
 from agentgen_jax import models, sampling
+from agentgen_jax.models import config as models_config
 
 SAMPLER_MODEL = "smollm2-135m-instruct"
+DECODE_TARGET = 1.5   # issue 12: greedy decode >= 1.5x transformers.generate on the CPU
 
 
 def _row(group, metric, ours, reference=None, reference_name="", unit="", target="", met=None, notes=""):
@@ -141,14 +143,15 @@ def sampler_rows(quick: bool) -> list[dict]:
   ref_name = "transformers.generate (torch, CPU)"
   prefill_tps, ref_prefill_tps = batch * length / ours_prefill, batch * length / ref_prefill
   decode_tps, ref_decode_tps = batch * new_tokens / ours_decode, batch * new_tokens / ref_decode
-  met = decode_tps >= 5 * ref_decode_tps
+  met = decode_tps >= DECODE_TARGET * ref_decode_tps
   why = "" if met else (f"; target missed: {decode_tps:.0f} vs {ref_decode_tps:.0f} tok/s = "
                         f"{decode_tps / ref_decode_tps:.2f}x. "
                         + _decode_notes(cfg, params, batch, new_tokens, ours_decode, ref_decode,
                                        sampling.bucket(length + new_tokens)))
   return [
       _row("sampler", "prefill", prefill_tps, ref_prefill_tps, ref_name, "tok/s", notes=setup),
-      _row("sampler", "decode", decode_tps, ref_decode_tps, ref_name, "tok/s", ">= 5x reference", met,
+      _row("sampler", "decode", decode_tps, ref_decode_tps, ref_name, "tok/s",
+           f">= {DECODE_TARGET}x reference", met,
            setup + why),
   ]
 
@@ -178,9 +181,9 @@ def _decode_notes(cfg, params, batch, new_tokens, ours_s, ref_s, slots) -> str:
     slower = (f" Our step is {ours_ms - ref_ms:.0f} ms slower, and the cache is why: in this run one "
               f"cached models.forward of one token takes {small:.0f} ms with 16 cache slots and "
               f"{large:.0f} ms with {slots} ({cache_mb:.0f} MB of cache), so every step pays for all "
-              f"{slots} slots (torch's cache holds only the tokens so far); the ms per MB of cache, above "
-              f"one read at memory speed, suggest models.forward copies the cache each step (to check in "
-              f"models/transformer.py).")
+              f"{slots} slots (torch's cache holds only the tokens so far): attention reads a window of "
+              f"the cache, and each layer's window is sliced out of the stacked [L, B, Hkv, S, Dh] cache "
+              f"(a copy of the window, not of the cache) before its matmul.")
   return (f"Per decode step (batch {batch}): ours {ours_ms:.0f} ms, transformers {ref_ms:.0f} ms. A step "
           f"multiplies [{batch}, {cfg.hidden_size}] activations with all {weight_mb:.0f} MB of float32 "
           f"weights, so on 2 CPU cores both frameworks spend it in memory-bound matmuls; what jit removes "
@@ -274,7 +277,8 @@ def _train_torch(cfg, tokens: np.ndarray, device: str = "cpu"):
 
 
 def train_rows(quick: bool) -> list[dict]:
-  cfg = models.preset("small")
+  # The layer loop a training run of this preset uses (layer_loop "auto": the learner's forwards unrolled).
+  cfg = models.preset("small", unroll_layers=models_config.unroll_layers("auto", 5))
   batch, length = (8, 128) if quick else (16, 256)
   tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, length + 1)).astype(np.int32)
   ours = _train_ours(cfg, tokens)
@@ -292,9 +296,10 @@ def train_rows(quick: bool) -> list[dict]:
   n = cfg.num_params()
   tps, ref_tps = batch * length / ours_s, batch * length / torch_s
   mfu, ref_mfu = 6 * n * tps / peak, 6 * n * ref_tps / peak
-  setup = (f"preset 'small' ({n / 1e6:.1f}M params), batch {batch} x {length} tokens, AdamW, float32, "
-           f"best of interleaved steps; float32 matmul peak (2048^3, sustained for one step's time) "
-           f"{peak / 1e9:.0f} GFLOP/s measured in this run; MFU = 6 * params * tok/s / peak; {_load_note()}")
+  setup = (f"preset 'small' ({n / 1e6:.1f}M params, layers unrolled: layer_loop auto), batch {batch} x "
+           f"{length} tokens, AdamW, float32, best of interleaved steps; float32 matmul peak (2048^3, "
+           f"sustained for one step's time) {peak / 1e9:.0f} GFLOP/s measured in this run; MFU = 6 * params "
+           f"* tok/s / peak; {_load_note()}")
   met = mfu >= 0.40
   why = "" if met else f"; target missed: {_mfu_notes(cfg, batch, length, mfu, layer / peak, split, ref_mfu)}"
   ref_name = "same step in torch (transformers Llama, torch.optim.AdamW)"
@@ -314,9 +319,12 @@ def _mfu_notes(cfg, batch, length, mfu, layer_fraction, split, ref_mfu) -> str:
           f"forward alone runs at {mfu * step / (3 * forward):.2f} "
           f"MFU and the largest layer matmul ([{batch * length}, {cfg.hidden_size}] x "
           f"[{cfg.hidden_size}, {cfg.intermediate_size}]) at {layer_fraction:.0%} of peak, but the backward "
-          f"(2x the forward's FLOPs) takes {backward / forward:.1f}x its time. XLA:CPU runs this model's "
-          f"backward far below its matmul rate (the gap is not the layer scan or the head: an unrolled, "
-          f"head-less copy measured separately shows the same ratio); torch's kernels lose less there.")
+          f"(2x the forward's FLOPs) takes {backward / forward:.1f}x its time. Traced with the JAX profiler "
+          f"(2026-11-30): the weight gradients' transposed copies of the logit and MLP gradients took most "
+          f"of the gap (5.0x before models.linear wrote dW = x^T g out), and with the layers unrolled "
+          f"(layer_loop auto) no stacks of residuals are filled and sliced; what remains is attention's "
+          f"backward at head_dim 32 (batched [T, 32] x [32, T] matmuls far below the matmul rate) and the "
+          f"elementwise softmax and SwiGLU gradients.")
 
 
 def run(quick: bool) -> list[dict]:
