@@ -4,8 +4,8 @@ from a CPU, the smoke run of every part (slow), and BENCHMARKS.md naming the mac
 import pytest
 
 from agentgen_jax import models
-from launch import benchmark
 from launch.benchmarks import gpu
+from launch.benchmarks import report as benchmark
 
 
 def test_decode_floor_counts_the_weights_once_and_the_live_cache():
