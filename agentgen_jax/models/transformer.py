@@ -97,8 +97,9 @@ def linear(x: jax.Array, w: jax.Array, transposed: bool = False, out_dtype=None)
 
   The same function as the einsum, with the backward written out: dW = x^T g as einsum("...i,...o->io")
   (transposed afterwards for a [O, I] weight). For the rule jax derives from the forward einsum, XLA:CPU
-  materialises g transposed: for the head that is every token's [V] logit gradient (a [2, 1024, 4096] copy
-  took more time than the matmuls of a tiny-model update), for the MLP the [T, F] activations' gradient.
+  materialises g transposed: for the head that is every token's [V] logit gradient (a [2, 1024, 4096] copy,
+  175 ms a micro-batch, the costliest single op in a profile of a tiny-model update), for the MLP the
+  [T, F] activations' gradient.
   Here only x's layout changes, and the weight-sized result. Measured in docs/BENCHMARKS.md (train step).
   """
   spec = "...i,oi->...o" if transposed else "...i,io->...o"

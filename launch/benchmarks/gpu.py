@@ -31,12 +31,8 @@ from agentgen_jax import models, sampling
 from launch.benchmarks import model as model_bench
 
 MODEL = "smollm2-135m"
+_row = model_bench._row
 DECODE_TARGET = 2.0   # decode step within 2x of the HBM floor
-
-
-def _row(group, metric, ours, reference=None, reference_name="", unit="", target="", met=None, notes=""):
-  return {"group": group, "metric": metric, "ours": ours, "reference": reference,
-          "reference_name": reference_name, "unit": unit, "target": target, "met": met, "notes": notes}
 
 
 def _median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -97,7 +93,7 @@ def decode_rows(cfg, params, folder: str, bytes_per_s: float, quick: bool, devic
   step_alone_ms = model_bench._cached_step_ms(cfg, params, batch, window)
   # The same at 1/8 of the batch: a step that costs as much there is bound by launches, not by bytes.
   step_small_ms = model_bench._cached_step_ms(cfg, params, max(batch // 8, 1), window)
-  weights_mb = cfg.num_params() * 2 / 2 ** 20
+  weights_mb = cfg.num_params() * jnp.dtype(cfg.dtype).itemsize / 2 ** 20
   setup = (f"random weights of the {MODEL} shape, bf16 params and compute, batch {batch}, prompt {length}, "
            f"{new_tokens} new tokens, greedy, best of interleaved runs")
   floor_note = (f"{setup}; floor = ({weights_mb:.3g} MB of weights + {length + (new_tokens + 1) / 2:.0f} "
