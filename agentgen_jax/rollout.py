@@ -51,13 +51,18 @@ class RolloutConfig:
   # cannot fit another turn end as truncated (truncated_reason "cache"). The cost of attention follows the
   # slots in use, not this capacity.
   cache_slots: int = 0
+  # Tokens per prefill call (sampling.extend's piece; choose mode packs candidates into pieces of it too):
+  # every call has one shape, so a run compiles one program per attention window. 0: each turn's chunk in
+  # one call padded to its bucket (a program per (chunk bucket, window) pair).
+  prefill_piece: int = sampling.PIECE
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"unknown action mode {self.mode!r}; valid: {', '.join(MODES)}")
-    if self.max_candidates < 0 or self.cache_slots < 0:
-      raise ValueError(f"max_candidates={self.max_candidates} and cache_slots={self.cache_slots} must be "
-                       ">= 0 (0: all candidates / derived from max_episode_tokens)")
+    if self.max_candidates < 0 or self.cache_slots < 0 or self.prefill_piece < 0:
+      raise ValueError(f"max_candidates={self.max_candidates}, cache_slots={self.cache_slots} and "
+                       f"prefill_piece={self.prefill_piece} must be >= 0 (0: all candidates / derived from "
+                       "max_episode_tokens / one call per chunk)")
 
   def slots(self) -> int:
     """The KV-cache capacity of a batch (cache_slots, or derived from max_episode_tokens)."""
@@ -206,12 +211,29 @@ def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, fir
   return picked(prev), picked(prev / scale)
 
 
-def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray, length: int | None = None):
-  """Packs each row's candidate token lists into one chunk (of bucket(length) tokens; default: the longest
-  row's) with a block-diagonal causal mask."""
-  lengths = [sum(len(c) for c in cands) for cands in candidates]
-  t = sampling.bucket(length or max(lengths + [1]))
-  b = len(candidates)
+def _candidate_pieces(candidates: list[list[list[int]]], piece: int) -> tuple[int, int]:
+  """(piece length, pieces): the layout _pack_candidates uses for these rows. A piece is `piece` tokens,
+  or the bucket of the longest candidate if that is longer (0: one piece of the longest row's bucket)."""
+  longest = max([len(c) for cands in candidates for c in cands] + [1])
+  if not piece:
+    return sampling.bucket(max([sum(len(c) for c in cands) for cands in candidates] + [1])), 1
+  size = max(piece, sampling.bucket(longest))
+  count = 1
+  for cands in candidates:
+    used, n = 0, 1
+    for cand in cands:
+      if used + len(cand) > size:
+        n, used = n + 1, 0
+      used += len(cand)
+    count = max(count, n)
+  return size, count
+
+
+def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray, size: int, count: int):
+  """Packs each row's candidate token lists into `count` pieces of `size` tokens (_candidate_pieces), none
+  straddling two pieces: tokens/valid/positions/first/segment [B, count * size] and a block-diagonal
+  causal mask per piece, attn [B, count, size, size]."""
+  b, t = len(candidates), count * size
   tokens = np.zeros((b, t), np.int32)
   valid = np.zeros((b, t), bool)
   positions = np.zeros((b, t), np.int32)
@@ -221,15 +243,35 @@ def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray, le
     i = 0
     for c, cand in enumerate(cands):
       n = len(cand)
+      if i % size + n > size:
+        i += size - i % size
       tokens[row, i:i + n] = cand
       valid[row, i:i + n] = True
       positions[row, i:i + n] = next_pos[row] + np.arange(n)
       first[row, i] = True
       segment[row, i:i + n] = c
       i += n
-  causal = np.tril(np.ones((t, t), bool))
-  attn = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0) & causal
+  pieces = segment.reshape(b, count, size)
+  causal = np.tril(np.ones((size, size), bool))
+  attn = (pieces[..., :, None] == pieces[..., None, :]) & (pieces[..., None, :] >= 0) & causal
   return tokens, valid, positions, first, segment, attn
+
+
+def _score_packed(cfg, params, ctx, packed, temperature: float, mesh=None):
+  """(untempered, tempered) log-probs [rows, count * size] (this process's rows) of the candidates that
+  _pack_candidates laid out, one _score_candidates call per piece: every call has the shape [B, size], so
+  the compiled program depends on the attention window only."""
+  tokens, valid, positions, first, _, attn = packed
+  size = attn.shape[-1]
+  window = sampling.live_window(int(ctx.cache.index), ctx.cache.valid.shape[1])
+  scored = []
+  for j in range(attn.shape[1]):
+    cut = slice(j * size, (j + 1) * size)
+    placed = parallel.from_process_rows((tokens[:, cut], valid[:, cut], attn[:, j], positions[:, cut],
+                                         first[:, cut]), mesh, ctx.cache.valid.shape[0])
+    scored.append(_score_candidates(cfg, params, ctx, *placed, jnp.float32(temperature), window=window))
+  return tuple(np.concatenate([np.asarray(parallel.own_rows(x[i])) for x in scored], axis=1)
+               for i in range(2))
 
 
 class Roller:
@@ -289,7 +331,7 @@ class Roller:
     for row, chunk in enumerate(chunks):
       tokens[row, :len(chunk)] = chunk
       valid[row, :len(chunk)] = True
-    return sampling.extend(self.cfg, params, ctx, tokens, valid)
+    return sampling.extend(self.cfg, params, ctx, tokens, valid, piece=self.rcfg.prefill_piece or None)
 
   def _slots_left(self, ctx) -> int:
     return ctx.cache.valid.shape[1] - int(ctx.cache.index)
@@ -469,16 +511,14 @@ class Roller:
   def _choose_turn(self, params, ctx, episodes, candidates, names, rng):
     rcfg = self.rcfg
     with self._timed("generate"):
-      index, next_pos = int(ctx.cache.index), parallel.own_rows(ctx.next_pos)
+      next_pos = parallel.own_rows(ctx.next_pos)
       padded = candidates + [[]] * (len(next_pos) - len(candidates))  # mesh padding rows (see _rows)
-      # Every process packs to the same length: the batch's longest.
-      length = distributed.global_max(max([sum(len(c) for c in cands) for cands in padded] + [1]))
-      tokens, valid, positions, first, segment, attn = _pack_candidates(padded, next_pos, length)
-      window = sampling.live_window(index, ctx.cache.valid.shape[1])
-      placed = parallel.from_process_rows((tokens, valid, attn, positions, first), self.mesh,
-                                          ctx.cache.valid.shape[0])
-      logp, tempered_logp = (parallel.own_rows(x) for x in _score_candidates(
-          self.cfg, params, ctx, *placed, jnp.float32(rcfg.temperature), window=window))
+      # Every process packs to the same layout: the batch's largest.
+      size, count = _candidate_pieces(padded, rcfg.prefill_piece)
+      size, count = distributed.global_max(size), distributed.global_max(count)
+      packed = _pack_candidates(padded, next_pos, size, count)
+      segment = packed[4]
+      logp, tempered_logp = _score_packed(self.cfg, params, ctx, packed, rcfg.temperature, self.mesh)
     seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
     # On several processes each draws its rows' choices from its own stream (the draws of one process
     # follow its rows in order: not those of a single-process run).

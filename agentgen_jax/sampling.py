@@ -102,31 +102,49 @@ def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, 
 _extend_jit = jax.jit(extend_step, static_argnames=("cfg", "window"), donate_argnames="ctx")
 
 
-def extend(cfg, params, ctx: Context, tokens, valid) -> Context:
-  """Appends a chunk per row: tokens [B, T] int32, valid [B, T] bool (rows with no valid token keep
-  their state). The chunk is padded to bucket(T) so that turns of similar length share one compile, but
-  the cache's index moves by T only: the next chunk or decoded token is written over the bucket's
-  padding, so that the padding leaves no holes in the cache (and attention windows stay small).
+# Prefill pieces: a chunk is appended PIECE tokens at a time (sampling.extend).
+PIECE = 128
 
-  Every row uses the same cache slots [index, index + T); slots of rows' own padding stay invalid. `ctx`
-  is donated.
+
+def extend(cfg, params, ctx: Context, tokens, valid, piece: int | None = PIECE) -> Context:
+  """Appends a chunk per row: tokens [B, T] int32, valid [B, T] bool (rows with no valid token keep
+  their state). Every row uses the same cache slots [index, index + T); slots of rows' own padding stay
+  invalid. `ctx` is donated.
+
+  The chunk goes in pieces of `piece` tokens, each padded to `piece` (to its own bucket where the cache
+  has fewer slots left): every call has the shape [B, piece], so the compiled programs differ only by
+  their attention window. A run then compiles one prefill per window bucket however its turns' lengths
+  vary, where a shape per (chunk bucket, window) pair kept compiling new programs for several
+  iterations. Piece by piece, attention is blockwise causal: a piece attends over the slots before it,
+  not over the whole chunk's window. piece=None: one call, the chunk padded to bucket(T).
+
+  The cache's index moves by the real length only: the next piece, chunk or decoded token is written over
+  a piece's padding, so that padding leaves no holes in the cache (and attention windows stay small).
   """
   tokens, valid = np.asarray(tokens, np.int32), np.asarray(valid, bool)
   if tokens.shape != valid.shape or tokens.ndim != 2:
     raise ValueError(f"tokens {tokens.shape} and valid {valid.shape} must both be [B, T]")
+  if piece is not None and piece < 1:
+    raise ValueError(f"piece={piece}; it must be >= 1 (or None: the whole chunk in one call)")
+  slots = ctx.cache.valid.shape[1]
   index = int(ctx.cache.index)
-  capacity = ctx.cache.valid.shape[1] - index
   length = tokens.shape[1]
-  if length > capacity:
-    raise ValueError(f"chunk of {length} tokens does not fit: {capacity} of "
-                     f"{ctx.cache.valid.shape[1]} cache slots left; use a larger max_len")
-  padded = min(bucket(length), capacity)
-  if padded > length:
-    tokens = np.pad(tokens, ((0, 0), (0, padded - length)))
-    valid = np.pad(valid, ((0, 0), (0, padded - length)))
-  tokens, valid = _like_rows(ctx, tokens), _like_rows(ctx, valid)
-  window = live_window(index + padded, ctx.cache.valid.shape[1])
-  return _extend_jit(cfg, params, ctx, tokens, valid, window=window, advance=np.int32(length))
+  if length > slots - index:
+    raise ValueError(f"chunk of {length} tokens does not fit: {slots - index} of {slots} cache slots "
+                     "left; use a larger max_len")
+  step = piece or max(length, 1)
+  for start in range(0, max(length, 1), step):
+    n = min(step, length - start)
+    # A piece that does not fit in the slots left (a small cache, or its end) pads to its bucket.
+    padded = piece if piece and piece <= slots - index else min(bucket(n), slots - index)
+    part_tokens = np.zeros((tokens.shape[0], padded), np.int32)
+    part_valid = np.zeros((tokens.shape[0], padded), bool)
+    part_tokens[:, :n], part_valid[:, :n] = tokens[:, start:start + n], valid[:, start:start + n]
+    window = live_window(index + padded, slots)
+    ctx = _extend_jit(cfg, params, ctx, _like_rows(ctx, part_tokens), _like_rows(ctx, part_valid),
+                      window=window, advance=np.int32(n))
+    index += n
+  return ctx
 
 
 def _like_rows(ctx: Context, x: np.ndarray):

@@ -33,8 +33,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "a launch/configs/*.py
 _HBM_GB = flags.DEFINE_float("hbm_gb", None, "memory per device, GiB (H100: 80, TPU v5e: 16, TPU v4: 32)")
 _JSON = flags.DEFINE_string("json", None, "also write the plan to this JSON file")
 _DEVICES = flags.DEFINE_integer("devices", 0, "simulate this many CPU devices (0: the real ones)")
-_PREFILL = flags.DEFINE_integer("prefill_tokens", 1024, "tokens per row of the planned prefill chunk "
-                                "(a turn's prompt: system + instruction + observation)")
+_PREFILL = flags.DEFINE_integer("prefill_tokens", 0, "tokens per row of the planned prefill call; 0: the "
+                                "config's rollout.prefill_piece (what one Roller prefill call takes), or "
+                                "1024 (a turn's whole prompt) where the config sets it to 0")
 flags.mark_flags_as_required(["config", "hbm_gb"])
 
 GIB = 2 ** 30
@@ -219,7 +220,7 @@ def plan_merge(state, resident: int) -> dict:
 
 
 def plan_rollout(cfg, c, mesh, params, params_sh, resident_elsewhere: int, prefill_tokens: int):
-  """Prefill (extend) of a prefill_tokens chunk and a decode of rollout.max_new_tokens on `params`, for
+  """Prefill (extend) of a prefill_tokens piece and a decode of rollout.max_new_tokens on `params`, for
   pool_size rows with the Roller's KV cache capacity. Returns (kv cache bytes per device, {phase: memory})."""
   import jax
   import jax.numpy as jnp
@@ -255,7 +256,7 @@ def plan_rollout(cfg, c, mesh, params, params_sh, resident_elsewhere: int, prefi
   return kv, out
 
 
-def plan(c, hbm_gb: float, prefill_tokens: int = 1024) -> dict:
+def plan(c, hbm_gb: float, prefill_tokens: int = 0) -> dict:
   """The whole plan as the --json dict (plus "phases" and "model" for the table)."""
   import jax
 
@@ -268,6 +269,7 @@ def plan(c, hbm_gb: float, prefill_tokens: int = 1024) -> dict:
   state, shardings, update = plan_update(cfg, lcfg, lora_cfg, mesh, seq_len)
   parts = _state_parts(state, shardings)
   resident = sum(parts.values())
+  prefill_tokens = prefill_tokens or c.rollout.get("prefill_piece", sampling.PIECE) or 1024
   prefill_tokens = min(prefill_tokens, seq_len)  # a rollout's chunk never exceeds its episode
   params, params_sh, shared = rollout_params(state, shardings, mesh)
   phases = {"merge": plan_merge(state, resident)} if lora_cfg.enabled else {}

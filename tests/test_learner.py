@@ -166,6 +166,29 @@ def test_evaluate_batch_logprobs_values_and_mismatch(tiny):
   assert abs(ev["logprob_mismatch"] - 0.5) < 1e-5
 
 
+def test_train_epochs_reports_the_first_updates_mismatch_like_evaluate_batch(tiny):
+  """Without a critic or a reference no forward runs before the update: the first update's own forward
+  measures the sampler/learner log-prob mismatch, equal to evaluate_batch's on the same rows (one
+  minibatch), before the update moves the params (later epochs do not count)."""
+  cfg, params = tiny
+  lcfg = learner.LearnerConfig(lr=3e-3, micro_batch_size=2, mini_batch_size=8, epochs=2)
+  assert not lcfg.needs_evaluation
+  assert learner.LearnerConfig(critic="shared").needs_evaluation and learner.LearnerConfig(
+      kl_coef=0.1).needs_evaluation
+  batch = token_batch(4)
+  state = _fresh(cfg, params, lcfg)
+  ev = learner.evaluate_batch(cfg, state, batch, "generate", micro_batch_size=4)
+  rng = np.random.default_rng(0)
+  batch = dict(batch, old_logprobs=(ev["logprobs"] + 0.3 * rng.normal(size=ev["logprobs"].shape)).astype(
+      np.float32), advantages=rng.normal(size=ev["logprobs"].shape).astype(np.float32))
+  want = learner.evaluate_batch(cfg, state, batch, "generate", micro_batch_size=4)
+  _, metrics = learner.train_epochs(learner.make_update(cfg, lcfg, "generate"), state, batch,
+                                    jax.random.PRNGKey(0), lcfg)
+  np.testing.assert_allclose(metrics["logprob_mismatch"], want["logprob_mismatch"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["mismatch_kl"], want["mismatch_kl"], rtol=1e-4)
+  assert metrics["mismatch_kl"] != metrics["approx_kl"]   # approx_kl averages both epochs' updates
+
+
 def _fresh(cfg, params, lcfg):
   params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
   return learner.init_state(cfg, params, lcfg, jax.random.PRNGKey(3))

@@ -170,23 +170,29 @@ def test_greedy_choose_takes_the_highest_scoring_candidate(setup):
       assert 0 <= choice < len(cands) and lp >= np.log(1.0 / len(cands)) - 1e-6
 
 
-def test_candidate_scores_are_those_of_the_real_context_however_full_the_cache(setup):
+@pytest.mark.parametrize("layout", ["one piece", "pieces"])
+def test_candidate_scores_are_those_of_the_real_context_however_full_the_cache(setup, layout):
   """Candidates totalling more tokens than the cache has slots left are scored against the cached prefix
-  (never written past the end): same log-probs as with a roomy cache and as a float64 full forward."""
+  (never written past the end): same log-probs as with a roomy cache and as a float64 full forward; packed
+  in one piece or spread over pieces (no candidate straddling two)."""
   cfg, params, _, _, _ = setup
   prompts = [list(range(30, 50)), list(range(60, 73))]
   candidates = [[[5, 6, 7], [8, 9, 10, 11], [12] * 6], [[3] * 10, [4, 5]]]
+  # 10-token pieces: row 0 packs [3 + 4] then [6], row 1 [10] then [2]; a third piece stays empty.
+  size, count = (16, 1) if layout == "one piece" else (10, 3)
+  assert rollout._candidate_pieces(candidates, 0 if layout == "one piece" else 8) == (16, 1)
   tokens, valid = np.zeros((2, 20), np.int32), np.zeros((2, 20), bool)
   for row, p in enumerate(prompts):
     tokens[row, :len(p)], valid[row, :len(p)] = p, True
   scores = {}
-  for slots in (32, 512):   # the prompt chunk takes 24 slots: 8 are left for 13 + 12 candidate tokens
+  for slots in (32, 512):   # the prompt chunk takes 20 slots: 12 are left for 13 + 12 candidate tokens
     ctx = sampling.extend(cfg, params, sampling.new_context(cfg, 2, slots), tokens, valid)
-    cand_tokens, cand_valid, positions, first, segment, attn = rollout._pack_candidates(
-        candidates, np.asarray(ctx.next_pos))
-    window = sampling.live_window(int(ctx.cache.index), slots)
-    scores[slots] = np.asarray(rollout._score_candidates(
-        cfg, params, ctx, cand_tokens, cand_valid, attn, positions, first, np.float32(1.0), window=window)[0])
+    packed = rollout._pack_candidates(candidates, np.asarray(ctx.next_pos), size, count)
+    segment = packed[4]
+    if layout == "pieces":
+      assert segment[0, :7].tolist() == [0] * 3 + [1] * 4 and segment[0, 10:16].tolist() == [2] * 6
+      assert segment[1, 10:12].tolist() == [1, 1] and (segment[:, 20:] == -1).all()
+    scores[slots] = rollout._score_packed(cfg, params, ctx, packed, 1.0)[0]
   np.testing.assert_allclose(scores[32], scores[512], atol=1e-5)
   for row, (p, cands) in enumerate(zip(prompts, candidates)):
     for c, cand in enumerate(cands):

@@ -152,6 +152,31 @@ def test_extend_then_decode_equals_prefill_of_concatenation(llama):
   np.testing.assert_allclose(np.asarray(ctx.last_logits), np.asarray(ctx_ref.last_logits), atol=1e-4)
 
 
+def test_a_chunk_in_pieces_equals_one_call_and_compiles_per_window_only(llama):
+  """extend in pieces of 8 (rows of different lengths, the last piece partly padding): the same logits,
+  next positions, cache index and cached keys as one call; then chunks of other lengths at the same
+  window reuse the programs (one per window, whatever the chunk's length)."""
+  cfg, params = llama
+  rows = [list(range(3, 24)), list(range(40, 53)), [7, 9]]
+  tokens, valid = _pad(rows)
+  one = sampling.extend(cfg, params, sampling.new_context(cfg, 3, SLOTS), tokens, valid, piece=None)
+  pieces = sampling.extend(cfg, params, sampling.new_context(cfg, 3, SLOTS), tokens, valid, piece=8)
+  assert int(pieces.cache.index) == int(one.cache.index) == 21
+  np.testing.assert_array_equal(np.asarray(pieces.next_pos), [21, 13, 2])
+  np.testing.assert_allclose(np.asarray(pieces.last_logits), np.asarray(one.last_logits), atol=1e-5)
+  live = np.asarray(one.cache.valid)[:, :21]
+  np.testing.assert_array_equal(np.asarray(pieces.cache.valid)[:, :21], live)
+  mask = live[None, :, None, :, None]   # cache.k is [L, B, Hkv, S, Dh]
+  for name in ("k", "v"):
+    ours, ref = (np.asarray(getattr(c.cache, name))[:, :, :, :21] for c in (pieces, one))
+    np.testing.assert_allclose(ours * mask, ref * mask, atol=1e-5)
+  programs = sampling._extend_jit._cache_size()
+  for length in (9, 5):   # the pieces of 9 and 5 tokens fall in windows compiled above
+    sampling.extend(cfg, params, sampling.new_context(cfg, 3, SLOTS), np.full((3, length), 3),
+                    np.ones((3, length), bool), piece=8)
+  assert sampling._extend_jit._cache_size() == programs
+
+
 def test_a_large_context_decodes_like_a_small_one(llama):
   """Attention reads a live window of the cache (128 slots here), not its capacity: a 1024-slot context
   gives the tokens, log-probs and cache contents of a 64-slot one."""
@@ -165,9 +190,9 @@ def test_a_large_context_decodes_like_a_small_one(llama):
   assert sampling.live_window(16 + NEW, 1024) == 128 and sampling.live_window(300, 1024) == 384
   np.testing.assert_array_equal(np.asarray(small.tokens), np.asarray(large.tokens))
   np.testing.assert_allclose(np.asarray(small.logprobs), np.asarray(large.logprobs), atol=1e-5)
-  used = int(small_ctx.cache.index)
-  np.testing.assert_allclose(np.asarray(small_ctx.cache.k), np.asarray(large_ctx.cache.k)[:, :, :, :SLOTS],
-                             atol=1e-6)
+  used = int(small_ctx.cache.index)   # slots past it hold invalid padding (a 128-token piece in the big one)
+  np.testing.assert_allclose(np.asarray(small_ctx.cache.k)[:, :, :, :used],
+                             np.asarray(large_ctx.cache.k)[:, :, :, :used], atol=1e-5)
   assert int(large_ctx.cache.index) == used and not np.asarray(large_ctx.cache.valid)[:, used:].any()
 
 
@@ -259,11 +284,13 @@ def test_no_recompilation_within_a_bucket(llama):
   cfg, params = llama
   ctx = _prefill(cfg, params, PROMPTS)   # the shapes every other test uses: compiled already
   ctx, _ = _decode(cfg, params, ctx)
-  extends, decodes = sampling._extend_jit._cache_size(), sampling._decode_jit._cache_size()
+  decodes = sampling._decode_jit._cache_size()
   ctx = sampling.new_context(cfg, 3, SLOTS)
-  for length in (17, 23):   # both in the bucket of 24
+  programs = []
+  for length in (17, 23):   # both in the bucket of 24 (the 128-token piece does not fit in 64 slots)
     ctx = sampling.extend(cfg, params, ctx, np.full((3, length), 3), np.ones((3, length), bool))
-  assert sampling._extend_jit._cache_size() == extends + 1
+    programs.append(sampling._extend_jit._cache_size())
+  assert programs[1] == programs[0]   # the second chunk reused the first's program
   ctx, _ = _decode(cfg, params, ctx, temperature=0.7, top_p=0.9)
   # New temperature and top_p values are new inputs, not new programs.
   assert sampling._decode_jit._cache_size() == decodes

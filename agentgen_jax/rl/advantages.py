@@ -6,6 +6,8 @@ rl/batch.py picks among them (`ESTIMATORS`) and is the only caller in training.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 ESTIMATORS = ("grpo", "rloo", "reinforce", "token_gae", "turn_gae")
 
 
+@functools.partial(jax.jit, static_argnames=("gamma", "lam"))
 def token_gae(rewards, values, mask, gamma: float, lam: float, bootstrap=None):
   """GAE over the masked units of each row, skipping the unmasked ones (a reverse `lax.scan`).
 
@@ -22,7 +25,8 @@ def token_gae(rewards, values, mask, gamma: float, lam: float, bootstrap=None):
   bootstrapped through); after the last one it is bootstrap[b] ([B], default 0: the episode terminated;
   pass the critic's value at the cut for an episode truncated by a budget). Rewards on unmasked units are
   ignored: the rollout puts every reward on an agent token.
-  Returns (advantages [B, U], returns [B, U]) float32, both 0 where mask == 0.
+  Returns (advantages [B, U], returns [B, U]) float32, both 0 where mask == 0. Jitted (gamma and lam
+  static): called eagerly, the scan's step would be traced and compiled anew at every call.
   """
   rewards = jnp.asarray(rewards, jnp.float32)
   values = jnp.asarray(values, jnp.float32)

@@ -35,8 +35,10 @@ def learner_batch(episodes: Sequence[Episode], state: learner.TrainState, model_
   - token_gae / turn_gae: GAE over loss units / agent turns with the critic's values (in choose mode the
     units already are turns, so both are GAE over turns); with bootstrap_truncated, an episode cut by
     max_turns or max_episode_tokens bootstraps from the critic's value after its last token, not 0.
-  metrics: env_failures, truncated, logprob_mismatch, mismatch_kl, adv_mean/std/min/max, return_mean
-  (over loss units), kl_reward (mean per-unit KL penalty, reward mode).
+  metrics: env_failures, truncated, adv_mean/std/min/max, return_mean (over loss units), kl_reward (mean
+  per-unit KL penalty, reward mode), and logprob_mismatch / mismatch_kl over every row when the batch
+  needs a forward pass anyway (lcfg.needs_evaluation: a critic or a reference); without one, no forward
+  runs here and learner.train_epochs reports them from the first update's forward.
   """
   if not episodes:
     raise ValueError("learner_batch needs at least one episode")
@@ -45,13 +47,15 @@ def learner_batch(episodes: Sequence[Episode], state: learner.TrainState, model_
   valid = np.array([not ep.env_error for ep in episodes])
   batch[mask_key] = (batch[mask_key] * valid[:, None]).astype(np.float32)
   mask = batch[mask_key] > 0
-  ev = learner.evaluate_batch(model_cfg, state, batch, mode, lcfg.micro_batch_size, lcfg, mesh)
+  metrics = {"env_failures": float((~valid).sum())}
+  ev = {}
+  if lcfg.needs_evaluation:
+    ev = learner.evaluate_batch(model_cfg, state, batch, mode, lcfg.micro_batch_size, lcfg, mesh)
+    metrics.update(logprob_mismatch=ev["logprob_mismatch"], mismatch_kl=ev["mismatch_kl"])
   for key in ("old_values", "ref_logprobs"):
     if key in ev:
       batch[key] = ev[key]
   rewards = batch["rewards"]
-  metrics = {"env_failures": float((~valid).sum()), "logprob_mismatch": ev["logprob_mismatch"],
-             "mismatch_kl": ev["mismatch_kl"]}
   if lcfg.uses_ref and lcfg.kl_mode == "reward":
     penalised = np.asarray(losses.kl_penalty_rewards(rewards, ev["logprobs"], ev["ref_logprobs"], mask,
                                                      lcfg.kl_coef, lcfg.kl_estimator))

@@ -91,6 +91,14 @@ class LearnerConfig:
     """Whether a frozen reference policy is kept (for the KL term or the KL reward penalty)."""
     return self.kl_mode != "none" and self.kl_coef > 0
 
+  @property
+  def needs_evaluation(self) -> bool:
+    """Whether the learner batch needs a forward pass before the update (evaluate_batch): for the critic's
+    values or the reference's log-probs. Without either (GRPO, RLOO, REINFORCE without KL) the update
+    reads only the sampler's log-probs, and the first update's own forward measures the sampler/learner
+    log-prob mismatch (train_epochs)."""
+    return self.critic != "none" or self.uses_ref
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -217,7 +225,8 @@ def _loss_and_sums(lcfg, mode, model_cfg, params, critic_params, mb):
   s = lambda x: losses.masked_sum(x, mask)
   sums = {"policy_loss": s(pl), "clip_frac": s(clipped.astype(jnp.float32)), "entropy": s(u.entropy),
           # k3 of the sampling policy against the current one: how far this epoch has moved.
-          "approx_kl": s(losses.kl_estimate(mb["old_logprobs"], u.logp, "k3"))}
+          "approx_kl": s(losses.kl_estimate(mb["old_logprobs"], u.logp, "k3")),
+          "logprob_gap": s(jnp.abs(mb["old_logprobs"] - u.logp))}
   per_unit = pl - lcfg.entropy_coef * u.entropy
   if lcfg.uses_ref:
     kl = losses.kl_estimate(u.logp, mb["ref_logprobs"], lcfg.kl_estimator)
@@ -405,7 +414,10 @@ def train_epochs(update, state, batch, rng, lcfg: LearnerConfig):
 
   The last minibatch of an epoch is padded to full size with masked-out rows, which the exact reduction
   ignores.
-  The shuffle is seeded by `rng`. Returns (state, metrics averaged over the updates, as floats).
+  The shuffle is seeded by `rng`. Returns (state, metrics averaged over the updates, as floats), and the
+  sampler/learner log-prob mismatch as the first update saw it, before it moved the params:
+  "logprob_mismatch" (mean |sampler - learner| log-prob) and "mismatch_kl" (k3) over the units of the
+  first minibatch (the whole batch when it is one minibatch; evaluate_batch measures them over every row).
   """
   mask_key = policy.unit_mask_key(update.mode)
   batch = {k: batch[k] for k in update.keys}
@@ -421,7 +433,12 @@ def train_epochs(update, state, batch, rng, lcfg: LearnerConfig):
       state, metrics = update(state, _pad_rows(batch, idx, lcfg.mini_batch_size, mask_key))
       history.append(metrics)
   history = jax.device_get(history)
-  return state, {k: float(np.mean([m[k] for m in history])) for k in history[0]} if history else {}
+  if not history:
+    return state, {}
+  metrics = {k: float(np.mean([m[k] for m in history])) for k in history[0] if k != "logprob_gap"}
+  first = history[0]
+  metrics.update(logprob_mismatch=float(first["logprob_gap"]), mismatch_kl=float(first["approx_kl"]))
+  return state, metrics
 
 
 def _evaluate(model_cfg, mode, critic, temperature, params, critic_params, ref_params, batch):
