@@ -186,6 +186,36 @@ def test_value_head_shapes_and_linearity():
   np.testing.assert_allclose(grads["kernel"], np.asarray(hidden).sum((0, 1)), rtol=1e-5)
 
 
+def test_blockwise_causal_attention_computes_the_full_masked_attention(params, monkeypatch):
+  """Without a cache, causal attention runs in query blocks over the keys up to each block's end (2 blocks
+  of 16 here): the logits and gradients of the whole masked [T, T] attention, padded rows included; a
+  forward with an explicit attn_mask (any pattern) keeps the whole attention."""
+  from agentgen_jax.models import transformer
+  tokens, positions = _tokens(2, 32, seed=12), _positions(2, 32)
+  valid = np.ones((2, 32), bool)
+  valid[1, 20:] = False
+
+  def loss(p):
+    logits = models.forward(CFG, p, tokens, positions, valid)[0]
+    return (logits * np.linspace(-1, 1, CFG.vocab_size)).sum(), logits
+
+  monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 1024)   # no blocks: one [32, 32] attention
+  (_, whole), g_whole = jax.value_and_grad(loss, has_aux=True)(params)
+  monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 16)
+  (_, blocks), g_blocks = jax.value_and_grad(loss, has_aux=True)(params)
+  np.testing.assert_allclose(blocks, whole, rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_blocks, g_whole)
+  calls = []
+  monkeypatch.setattr(transformer, "_attend", lambda q, *a: calls.append(q.shape[1]) or
+                      jnp.zeros(q.shape[:2] + (q.shape[2] * q.shape[3],), q.dtype))
+  jax.eval_shape(lambda p: models.forward(CFG, p, tokens, positions, valid), params)
+  assert calls and set(calls) == {16}   # only 16-query blocks
+  calls.clear()
+  full = np.ones((2, 32, 32), bool)
+  jax.eval_shape(lambda p: models.forward(CFG, p, tokens, positions, valid, attn_mask=full), params)
+  assert set(calls) == {32}
+
+
 def test_remat_gives_the_same_gradients(params):
   tokens = _tokens(1, 5, seed=10)
   def loss(p, cfg):

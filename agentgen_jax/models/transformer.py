@@ -170,6 +170,7 @@ class Block(nn.Module):
   window: int | None = None
   append: bool = True
   branches: bool = False
+  causal: bool = False  # no cache, mask causal (j <= i): attention skips the blocks above the diagonal
 
   @nn.compact
   def __call__(self, carry, layer, rope, mask, index):
@@ -201,6 +202,8 @@ class Block(nn.Module):
         v_all = jnp.concatenate([v_all, v.astype(v_all.dtype)], axis=2)
     if self.branches:
       out = _attend_branches(q, k_all, v_all, mask, cfg.dtype)
+    elif self.causal:
+      out = _attend_causal(q, k_all, v_all, mask, cfg.dtype)
     else:
       out = _attend(q, k_all, v_all, mask, cfg.dtype)
     x = x + _dense(cfg, cfg.hidden_size, "o_proj", cfg.o_bias)(out)
@@ -223,6 +226,28 @@ def _attend(q, k, v, mask, dtype):
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kv, g * t, -1)
   out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(dtype))
   return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
+
+
+# Causal attention without a cache (_attend_causal) runs in query blocks of at least CAUSAL_BLOCK tokens,
+# at most CAUSAL_BLOCKS of them (long sequences get longer blocks, not a longer program).
+CAUSAL_BLOCK = 128
+CAUSAL_BLOCKS = 32
+
+
+def _attend_causal(q, k, v, mask, dtype):
+  """_attend for a causal mask (mask[b, i, j] False wherever j > i), T = S: query block i attends to the
+  keys of blocks 0..i only, so the scores above the diagonal blocks are neither computed nor kept for the
+  backward (with n blocks, (n + 1) / 2n of the [T, T] work and memory). A sequence shorter than two blocks,
+  or with no block count that divides it, goes whole."""
+  t = q.shape[1]
+  blocks = next((n for n in range(min(t // CAUSAL_BLOCK, CAUSAL_BLOCKS), 1, -1) if t % n == 0), 1)
+  if blocks == 1:
+    return _attend(q, k, v, mask, dtype)
+  size, out = t // blocks, []
+  for end in range(size, t + 1, size):
+    rows = slice(end - size, end)
+    out.append(_attend(q[:, rows], k[:, :, :end], v[:, :, :end], mask[:, rows, :end], dtype))
+  return jnp.concatenate(out, axis=1)
 
 
 def _attend_branches(q, k, v, masks, dtype):
@@ -273,6 +298,7 @@ class Decoder(nn.Module):
   window: int | None = None
   append: bool = True
   branches: bool = False
+  causal: bool = False
 
   @nn.compact
   def __call__(self, tokens, rope, mask, kv, index):
@@ -289,7 +315,8 @@ class Decoder(nn.Module):
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                      unroll=cfg.num_layers if unroll else 1)
     k_cache, v_cache = kv if kv is not None else (None, None)
-    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.branches, name="layers")(
+    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.branches, self.causal,
+                                      name="layers")(
         (x, k_cache, v_cache), jnp.arange(cfg.num_layers), rope, mask, index)
     hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
@@ -329,10 +356,11 @@ def _init(cfg: ModelConfig, rng):
 
 
 def _apply(cfg: ModelConfig, params: dict, *args, window: int | None = None, append: bool = True,
-           branches: bool = False):
-  """Decoder(cfg, window, append, branches).apply on a param tree that may carry LoRA adapters under "lora"
-  (models/lora.py attach): they go to the "lora" collection, their optional "rng" to the dropout stream."""
-  decoder = Decoder(cfg, window, append, branches)
+           branches: bool = False, causal: bool = False):
+  """Decoder(cfg, window, append, branches, causal).apply on a param tree that may carry LoRA adapters under
+  "lora" (models/lora.py attach): they go to the "lora" collection, their optional "rng" to the dropout
+  stream."""
+  decoder = Decoder(cfg, window, append, branches, causal)
   if "lora" not in params:
     return decoder.apply({"params": params}, *args)
   params = dict(params)
@@ -360,12 +388,13 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
   """
   b, t = tokens.shape
   valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
-  if attn_mask is None:
+  causal = attn_mask is None
+  if causal:
     attn_mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
   attn_mask = attn_mask.astype(bool)
   rope = _rope_tables(cfg, positions)
   if cache is None:
-    logits, hidden, _ = _apply(cfg, params, tokens, rope, attn_mask, None, jnp.int32(0))
+    logits, hidden, _ = _apply(cfg, params, tokens, rope, attn_mask, None, jnp.int32(0), causal=causal)
     return logits, hidden, None
   window = window or cache.valid.shape[1]
   index = cache.index.astype(jnp.int32)
