@@ -46,10 +46,10 @@ class RolloutConfig:
   # counts the cut actions per episode (Episode.candidates_cut): a cut action can never be chosen.
   max_candidates: int = 0
   system_prompt: str | None = None
-  # KV-cache slots per batch of episodes; 0 derives them from max_episode_tokens (turn chunks are padded
-  # to buckets and decode steps run for the longest row, so the slots outnumber the tokens). Episodes that
-  # cannot fit another turn end as truncated (truncated_reason "cache"). The cost of attention follows the
-  # slots in use, not this capacity.
+  # KV-cache slots per batch of episodes; 0 derives them from max_episode_tokens (every row takes the
+  # slots of the longest chunk and decode steps run for the longest row, so the slots outnumber the
+  # tokens). Episodes that cannot fit another turn end as truncated (truncated_reason "cache"). The cost of
+  # attention follows the slots in use, not this capacity.
   cache_slots: int = 0
   # Tokens per prefill call (sampling.extend's piece; choose mode packs candidates into pieces of it too):
   # every call has one shape, so a run compiles one program per attention window. 0: each turn's chunk in
@@ -211,21 +211,26 @@ def _score_candidates(cfg, params, ctx, tokens, valid, attn_mask, positions, fir
   return picked(prev), picked(prev / scale)
 
 
+def _candidate_starts(cands: list[list[int]], size: int) -> list[int]:
+  """Where each of a row's candidates starts when they are packed in order into pieces of `size` tokens, a
+  candidate that would straddle two pieces moved to the next one (the one packing rule of
+  _candidate_pieces and _pack_candidates)."""
+  starts, i = [], 0
+  for cand in cands:
+    if i % size + len(cand) > size:
+      i += size - i % size
+    starts.append(i)
+    i += len(cand)
+  return starts
+
+
 def _candidate_pieces(candidates: list[list[list[int]]], piece: int) -> tuple[int, int]:
   """(piece length, pieces): the layout _pack_candidates uses for these rows. A piece is `piece` tokens,
   or the bucket of the longest candidate if that is longer (0: one piece of the longest row's bucket)."""
-  longest = max([len(c) for cands in candidates for c in cands] + [1])
   if not piece:
     return sampling.bucket(max([sum(len(c) for c in cands) for cands in candidates] + [1])), 1
-  size = max(piece, sampling.bucket(longest))
-  count = 1
-  for cands in candidates:
-    used, n = 0, 1
-    for cand in cands:
-      if used + len(cand) > size:
-        n, used = n + 1, 0
-      used += len(cand)
-    count = max(count, n)
+  size = max(piece, sampling.bucket(max([len(c) for cands in candidates for c in cands] + [1])))
+  count = max([_candidate_starts(cands, size)[-1] // size + 1 for cands in candidates if cands] + [1])
   return size, count
 
 
@@ -240,17 +245,13 @@ def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray, si
   first = np.zeros((b, t), bool)
   segment = np.full((b, t), -1, np.int32)
   for row, cands in enumerate(candidates):
-    i = 0
-    for c, cand in enumerate(cands):
+    for c, (cand, i) in enumerate(zip(cands, _candidate_starts(cands, size))):
       n = len(cand)
-      if i % size + n > size:
-        i += size - i % size
       tokens[row, i:i + n] = cand
       valid[row, i:i + n] = True
       positions[row, i:i + n] = next_pos[row] + np.arange(n)
       first[row, i] = True
       segment[row, i:i + n] = c
-      i += n
   pieces = segment.reshape(b, count, size)
   causal = np.tril(np.ones((size, size), bool))
   attn = (pieces[..., :, None] == pieces[..., None, :]) & (pieces[..., None, :] >= 0) & causal
@@ -322,8 +323,8 @@ class Roller:
     return ctx.cache.valid.shape[0] // jax.process_count()
 
   def _extend(self, params, ctx, chunks: list[list[int]]):
-    # Every process pads to the same length: the job's longest chunk (sampling.extend pads it to a bucket
-    # for the compiled shape and moves the cache index by this length only).
+    # Every process pads to the same length: the job's longest chunk (sampling.extend appends it in
+    # pieces of prefill_piece tokens and moves the cache index by this length only).
     t = distributed.global_max(max([len(c) for c in chunks] + [1]))
     rows = self._own_rows(ctx)  # padding rows (see _rows) get no tokens
     tokens = np.zeros((rows, t), np.int32)

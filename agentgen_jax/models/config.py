@@ -18,9 +18,10 @@ REMAT_POLICIES = ("none", "full", "dots")
 # How the layers are traced (RunConfig.layer_loop): "scan" a loop over the stacked layer params everywhere,
 # "unroll" straight-line code everywhere, "auto" straight-line code in the learner's forwards (no KV cache:
 # the update, its log-prob recompute, SFT) for models of up to AUTO_UNROLL_LAYERS layers and a loop in the
-# sampler's (each cache window and chunk bucket is its own program, ~2 s to compile unrolled on the 2-core
-# CPU: with the sampler unrolled, the e2e benchmark's early RL iterations, which compile most of them, had a
-# slower rollout, 0.59-0.73 of a2df838's against 0.42-0.60 with it a loop).
+# sampler's (each cache window is its own program, ~2 s to compile unrolled on the 2-core CPU: with the
+# sampler unrolled, the e2e benchmark's early RL iterations, which compile most of them, had a slower
+# rollout, 0.59-0.73 of a2df838's against 0.42-0.60 with it a loop, measured before prefill pieces; and
+# SmolLM2-135M decoded slower unrolled, 97 vs 120 tok/s interleaved in one process).
 LAYER_LOOPS = ("auto", "scan", "unroll")
 AUTO_UNROLL_LAYERS = 8
 # ModelConfig.unroll_layers: which forwards trace their layers unrolled.
