@@ -67,11 +67,14 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
   update = learner.make_update(agent.cfg, lcfg, mode=mode, mesh=mesh)
   ckpt_dir = os.path.join(out.workdir, "checkpoints")
   ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=cfg.max_to_keep)
-  start, curves = 0, []
+  # floor: the learner batch's padded sizes only grow over a run (rl.batch.learner_batch), so the update
+  # compiles once per growth; checkpointed, so that a resumed run pads (and rounds) as the unbroken one.
+  start, curves, floor = 0, [], {}
   if ckpt.latest_step() is not None:
     restored, meta = ckpt.restore(state.checkpointable())
     state = restored.replace(frozen=state.frozen)
     start, stream.position, curves = meta["iteration"], meta["sampler_position"], meta["curves"]
+    floor = meta.get("batch_floor", {})
     out.logger.log({"event": "resumed", "stage": out.name, "iteration": start})
   last_good = ckpt.latest_step()
   bar = _progress(start, cfg.iterations, out.name)
@@ -84,7 +87,8 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
     episodes = roller.run(policy, tasks, jax.random.fold_in(rng, 0))
     del policy
     t_rollout = time.time() - t0
-    batch, batch_metrics = rl_batch.learner_batch(episodes, state, agent.cfg, lcfg, mode, mesh)
+    batch, batch_metrics = rl_batch.learner_batch(episodes, state, agent.cfg, lcfg, mode, mesh, floor)
+    floor = rl_batch.batch_dims(batch)
     state, m = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
     m = dict(logs.scalar_floats(jax.device_get(m)), **batch_metrics)
     check_finite(m, state.params, it, ckpt_dir, last_good)
@@ -97,7 +101,7 @@ def rl_train(cfg: config_lib.RunConfig, agent, params, pool, out: logs.StageOutp
     if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
       # Under LoRA the checkpoint holds the adapters and their optimiser state; the base is cfg.model.
       meta = {"iteration": it + 1, "sampler_position": stream.position, "curves": curves, "stage": out.name,
-              "base_model": cfg.model}
+              "base_model": cfg.model, "batch_floor": floor}
       ckpt.save(it + 1, state.checkpointable(), meta)
       last_good = it + 1
     if hasattr(bar, "set_postfix"):

@@ -199,6 +199,28 @@ def test_every_estimator_gives_a_batch_the_update_takes(tiny, mode):
       assert np.isfinite(float(upd["loss"])) and np.isfinite(float(upd["value_loss"])), estimator
 
 
+@pytest.mark.parametrize("mode", ["generate", "choose"])
+def test_a_floor_pads_every_dim_and_leaves_the_update_unchanged(tiny, mode):
+  cfg, params = tiny
+  eps = [episode(i, "a", [0.0, float(i % 2), 1.0], mode) for i in range(4)]
+  lcfg = lconfig(mini_batch_size=4, micro_batch_size=4)
+  state = state_for(cfg, params, lcfg)
+  plain, _ = rl_batch.learner_batch(eps, state, cfg, lcfg, mode)
+  dims = rl_batch.batch_dims(plain)
+  assert set(dims) == ({"t"} if mode == "generate" else {"t", "n_in", "a", "n_pred", "m", "c", "p", "k"})
+  low, _ = rl_batch.learner_batch(eps, state, cfg, lcfg, mode, floor={k: 1 for k in dims})
+  assert rl_batch.batch_dims(low) == dims  # a floor below the need changes nothing
+  floor = {k: 2 * v for k, v in dims.items()}
+  padded, _ = rl_batch.learner_batch(eps, state, cfg, lcfg, mode, floor=floor)
+  assert rl_batch.batch_dims(padded) == floor
+  update = learner.make_update(cfg, lcfg, mode)  # donates the state: a fresh one for each call
+  (s1, m1), (s2, m2) = update(state, plain), update(state_for(cfg, params, lcfg), padded)
+  for key in ("loss", "policy_loss", "entropy", "grad_norm"):
+    np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=1e-5, atol=1e-6, err_msg=key)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
 def test_turn_gae_in_generate_mode_gives_one_advantage_per_turn(tiny):
   cfg, params = tiny
   eps = [episode(i, "a", [0.2, 0.0, float(i)]) for i in range(2)]

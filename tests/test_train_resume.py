@@ -35,3 +35,6 @@ def test_stop_and_resume_gives_bit_identical_params(tmp_path):
   assert [p["iteration"] for p in curves] == [0, 1]
   assert os.path.exists(os.path.join(part, "checkpoints", "2"))
   assert curves == full_curves
+  # The learner batch's sizes only grow over a run; the resumed run starts from the checkpointed ones.
+  meta = checkpoint.Checkpointer(os.path.join(part, "checkpoints"), read_only=True).restore_meta(1)
+  assert meta["batch_floor"]["t"] >= 16

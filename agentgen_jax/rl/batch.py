@@ -20,10 +20,15 @@ if TYPE_CHECKING:
 
 
 def learner_batch(episodes: Sequence[Episode], state: learner.TrainState, model_cfg,
-                  lcfg: learner.LearnerConfig, mode: str, mesh=None) -> tuple[dict, dict]:
+                  lcfg: learner.LearnerConfig, mode: str, mesh=None,
+                  floor: dict[str, int] | None = None) -> tuple[dict, dict]:
   """(batch, metrics): the rows of `episodes` in `mode` ("generate" | "choose") with every field the
   update reads: old_logprobs (the sampler's), advantages and returns [B, U], old_values (with a critic,
   whatever the estimator) and ref_logprobs (with a reference).
+
+  - floor: the least padded size of each batch dimension (`batch_dims` of an earlier batch): rl_train
+    passes the dims of its last batch, so that a run's shapes only grow and the jitted update compiles
+    once per growth, not once per new combination of the dims (see `choice_batch`).
 
   - Episodes ended by an env failure (`env_error`) get a zero loss mask (no gradient) and are left out
     of the group statistics; metrics["env_failures"] counts them.
@@ -43,7 +48,7 @@ def learner_batch(episodes: Sequence[Episode], state: learner.TrainState, model_
   if not episodes:
     raise ValueError("learner_batch needs at least one episode")
   mask_key = policy.unit_mask_key(mode)
-  batch = token_batch(episodes) if mode == "generate" else choice_batch(episodes)
+  batch = token_batch(episodes, floor=floor) if mode == "generate" else choice_batch(episodes, floor=floor)
   valid = np.array([not ep.env_error for ep in episodes])
   batch[mask_key] = (batch[mask_key] * valid[:, None]).astype(np.float32)
   mask = batch[mask_key] > 0
@@ -102,9 +107,25 @@ def group_ids(episodes: Sequence[Episode]) -> np.ndarray:
   return np.array([keys.setdefault((ep.env, ep.task), len(keys)) for ep in episodes], np.int32)
 
 
-def token_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dict[str, np.ndarray]:
-  """The generate-mode rows: [B, T] arrays, right-padded, positions 0..n-1; last_pos [B] = n - 1."""
-  t = seq_len or sampling.bucket(max(len(ep.tokens) for ep in episodes))
+def batch_dims(batch: dict[str, np.ndarray]) -> dict[str, int]:
+  """The padded sizes of a token_batch / choice_batch, by the names their `floor` takes."""
+  dims = {"t": batch["tokens"].shape[1]}
+  if "cand_path" in batch:
+    dims.update(n_in=batch["branch_tokens"].shape[1], a=batch["branch_ancestors"].shape[2],
+                n_pred=batch["pred_rows"].shape[1], m=batch["node_row"].shape[1],
+                c=batch["cand_path"].shape[1], p=batch["cand_path"].shape[2], k=batch["chosen"].shape[1])
+  return dims
+
+
+def _floored(dims: dict[str, int], floor: dict[str, int] | None) -> dict[str, int]:
+  return {k: max(v, (floor or {}).get(k, 0)) for k, v in dims.items()}
+
+
+def token_batch(episodes: Sequence[Episode], seq_len: int | None = None,
+                floor: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+  """The generate-mode rows: [B, T] arrays, right-padded, positions 0..n-1; last_pos [B] = n - 1.
+  T is seq_len (longer rows are cut), else the bucket of the longest row, at least floor["t"]."""
+  t = seq_len or _floored({"t": sampling.bucket(max(len(ep.tokens) for ep in episodes))}, floor)["t"]
   b = len(episodes)
   out = {"tokens": np.zeros((b, t), np.int32), "positions": np.zeros((b, t), np.int32),
          "valid": np.zeros((b, t), bool), "loss_mask": np.zeros((b, t), np.float32),
@@ -124,7 +145,8 @@ def token_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dict
   return out
 
 
-def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dict[str, np.ndarray]:
+def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None,
+                 floor: dict[str, int] | None = None) -> dict[str, np.ndarray]:
   """The choose-mode rows: the episode tokens (the context: prompt, observations, chosen actions) and each
   turn's unchosen candidates as branches off it, for models.forward_branches.
 
@@ -141,19 +163,24 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None) -> dic
   - cand_path [B, C, P]: each candidate's scored nodes (-1 pad): its score is the sum of their log-probs;
     cand_turn [B, C] (-1 pad); chosen/state_pos [B, K] (the chosen candidate and the last context token
     before each turn); old_logprobs, rewards, unit_mask [B, K] per turn; last_pos [B] = n - 1.
+
+  Every size is bucketed, and at least its floor (`batch_dims`' names): eight sizes vary with the episodes,
+  and without a floor each new combination of their buckets compiled the update again (4-7 s each for the
+  tiny model, in most of a run's first iterations).
   """
   rows = [_choice_row(ep) for ep in episodes]
   b = len(rows)
-  t = seq_len or sampling.bucket(max(len(ep.tokens) for ep in episodes))
-  # Every size bucketed, so that the jitted update sees a handful of shapes (one compile each).
-  n_in = sampling.bucket(max(max(len(r["inputs"]) for r in rows), 1))
-  a = sampling.bucket(max([len(chain) for r in rows for chain in r["ancestors"]] + [1]), minimum=8)
+  t = seq_len or _floored({"t": sampling.bucket(max(len(ep.tokens) for ep in episodes))}, floor)["t"]
   preds = [_predictor_rows(r["nodes"], t) for r in rows]
-  m = sampling.bucket(max(len(r["nodes"]) for r in rows))
-  n_pred = sampling.bucket(max(len(p[0]) for p in preds))
-  c = sampling.bucket(max(max(len(r["paths"]) for r in rows), 1), minimum=16)
-  p = sampling.bucket(max([len(path) for r in rows for path in r["paths"]] + [1]), minimum=8)
-  k = sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)
+  dims = _floored({
+      "n_in": sampling.bucket(max(max(len(r["inputs"]) for r in rows), 1)),
+      "a": sampling.bucket(max([len(chain) for r in rows for chain in r["ancestors"]] + [1]), minimum=8),
+      "m": sampling.bucket(max(len(r["nodes"]) for r in rows)),
+      "n_pred": sampling.bucket(max(len(p[0]) for p in preds)),
+      "c": sampling.bucket(max(max(len(r["paths"]) for r in rows), 1), minimum=16),
+      "p": sampling.bucket(max([len(path) for r in rows for path in r["paths"]] + [1]), minimum=8),
+      "k": sampling.bucket(max(max(len(r["chosen"]) for r in rows), 1), minimum=4)}, floor)
+  n_in, a, m, n_pred, c, p, k = (dims[key] for key in ("n_in", "a", "m", "n_pred", "c", "p", "k"))
   out = {"tokens": np.zeros((b, t), np.int32), "positions": np.zeros((b, t), np.int32),
          "valid": np.zeros((b, t), bool), "branch_tokens": np.zeros((b, n_in), np.int32),
          "branch_positions": np.zeros((b, n_in), np.int32), "branch_context": np.ones((b, n_in), np.int32),

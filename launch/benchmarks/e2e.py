@@ -105,8 +105,9 @@ class _CompileClock:
     return cls.seconds
 
 
-def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it: int):
-  """One iteration of rl_loop.rl_train's loop: -> (state, {part: seconds}, wall seconds, facts)."""
+def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it: int, floor: dict):
+  """One iteration of rl_loop.rl_train's loop: -> (state, {part: seconds}, wall seconds, facts); `floor`
+  (the learner batch's least sizes, rl_train's) is raised in place."""
   mode, lcfg = c.rollout.mode, c.learner
   parts = {}
   roller.timings = {}
@@ -120,7 +121,8 @@ def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it:
   compile_rollout = _CompileClock.now() - compile_start
 
   t, compile_learn = time.perf_counter(), _CompileClock.now()
-  batch, _ = rl_batch.learner_batch(episodes, state, policy.cfg, lcfg, mode)
+  batch, _ = rl_batch.learner_batch(episodes, state, policy.cfg, lcfg, mode, floor=floor)
+  floor.update(rl_batch.batch_dims(batch))
   state, _ = learner.train_epochs(update, state, batch, jax.random.fold_in(rng, 1), lcfg)
   state = jax.block_until_ready(state)
   parts["learn"] = time.perf_counter() - t
@@ -133,7 +135,7 @@ def _iteration(c, policy, roller, stream, state, update, ckpt, workdir: str, it:
 
   t = time.perf_counter()
   ckpt.save(it + 1, state, {"iteration": it + 1, "sampler_position": stream.position, "curves": [],
-                            "stage": "bench"})
+                            "stage": "bench", "batch_floor": floor})
   parts["checkpoint"] = time.perf_counter() - t
   wall = time.perf_counter() - start
   facts = {"rollout_s": rollout_s, "compile_s": _CompileClock.now() - compile_start,
@@ -156,8 +158,10 @@ def measure(s: Setting, warmup: int = 1, timed: int | None = None) -> dict:
     roller = rollout.Roller(policy.cfg, policy.tokenizer, pool, c.rollout, profile=True)
     stream = TaskStream.training(c, pool, c.seed)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=c.max_to_keep)
+    floor: dict = {}
     for it in range(warmup + timed):
-      state, parts, wall, facts = _iteration(c, policy, roller, stream, state, update, ckpt, workdir, it)
+      state, parts, wall, facts = _iteration(c, policy, roller, stream, state, update, ckpt, workdir, it,
+                                             floor)
       if it >= warmup:
         runs.append((parts, wall, facts))
     ckpt.close()
