@@ -5,6 +5,7 @@ end-to-end training iteration. Writes docs/BENCHMARKS.md and docs/benchmarks.jso
   python -m launch.benchmark --suites=e2e --baseline=a2df838   # this tree against a commit, side by side
   python -m launch.benchmark --suites=choose --baseline=2caea5e   # choose vs generate learning, both trees
   python -m launch.benchmark --suites=gpu      # on a GPU machine: decode vs the HBM floor, bf16 train MFU
+  python -m launch.benchmark --suites=tunix    # our sampler vs Tunix 0.1.7's (opt-in: needs google-tunix)
 
 Rows of suites not run are kept from earlier runs, with the machine each was measured on: a GPU machine's
 rows and this CPU's share one BENCHMARKS.md.
@@ -22,8 +23,11 @@ from absl import app, flags
 from launch import validate
 from launch.benchmarks.report import machine, render
 
-SUITES = ("model", "envs", "e2e", "cache", "choose", "gpu")
-_SUITES = flags.DEFINE_list("suites", list(SUITES), f"which benchmarks to run, of {SUITES}")
+SUITES = ("model", "envs", "e2e", "cache", "choose", "gpu", "tunix")
+# Run only when named: tunix needs Tunix 0.1.7, which launch/install.sh does not install.
+OPT_IN = ("tunix",)
+_SUITES = flags.DEFINE_list("suites", [s for s in SUITES if s not in OPT_IN],
+                            f"which benchmarks to run, of {SUITES} (default: all but {', '.join(OPT_IN)})")
 _OUT = flags.DEFINE_string("out", "docs", "folder for BENCHMARKS.md and benchmarks.json")
 _QUICK = flags.DEFINE_bool("quick", False, "smaller sizes (a smoke run, not for reporting)")
 _BASELINE = flags.DEFINE_string(
@@ -40,6 +44,8 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown suites {unknown}; valid: {', '.join(SUITES)}")
   validate.or_exit(validate.workdir, _OUT.value, "--out")  # before minutes of benchmarks, not after
+  if "tunix" in _SUITES.value:
+    importlib.import_module("launch.benchmarks.tunix").require_tunix()   # likewise: exits naming the install
   info = machine()
   info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   rows = []
