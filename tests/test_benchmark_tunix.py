@@ -15,7 +15,9 @@ PROMPT, OBSERVATION, NEW, TURNS = 16, 8, 6, 3
 
 @pytest.fixture(scope="module")
 def weights():
-  pytest.importorskip("tunix")
+  # The modules the suite imports (launch/install.sh installs Tunix best effort, without its dependencies).
+  for module in ("tunix.generate.sampler", "tunix.models.qwen2.model"):
+    pytest.importorskip(module, reason=f"{module} does not import: Tunix 0.1.7 is not installed")
   cfg = bench.model_config(quick=True)
   model = bench.tunix_model(cfg, seed=0)
   return cfg, model, bench.params_from_tunix(cfg, model)
