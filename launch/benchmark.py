@@ -24,7 +24,7 @@ from launch import validate
 from launch.benchmarks.report import machine, render
 
 SUITES = ("model", "envs", "e2e", "cache", "choose", "gpu", "tunix")
-# Run only when named: tunix needs Tunix 0.1.7, which launch/install.sh does not install.
+# Run only when named: tunix needs Tunix 0.1.7, which launch/install.sh installs best effort only.
 OPT_IN = ("tunix",)
 _SUITES = flags.DEFINE_list("suites", [s for s in SUITES if s not in OPT_IN],
                             f"which benchmarks to run, of {SUITES} (default: all but {', '.join(OPT_IN)})")

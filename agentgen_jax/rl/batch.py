@@ -121,11 +121,16 @@ def _floored(dims: dict[str, int], floor: dict[str, int] | None) -> dict[str, in
   return {k: max(v, (floor or {}).get(k, 0)) for k, v in dims.items()}
 
 
+def _seq_len(episodes: Sequence[Episode], seq_len: int | None, floor: dict[str, int] | None) -> int:
+  """T of a batch: seq_len if given, else the bucket of the longest row, at least floor["t"]."""
+  return seq_len or _floored({"t": sampling.bucket(max(len(ep.tokens) for ep in episodes))}, floor)["t"]
+
+
 def token_batch(episodes: Sequence[Episode], seq_len: int | None = None,
                 floor: dict[str, int] | None = None) -> dict[str, np.ndarray]:
   """The generate-mode rows: [B, T] arrays, right-padded, positions 0..n-1; last_pos [B] = n - 1.
   T is seq_len (longer rows are cut), else the bucket of the longest row, at least floor["t"]."""
-  t = seq_len or _floored({"t": sampling.bucket(max(len(ep.tokens) for ep in episodes))}, floor)["t"]
+  t = _seq_len(episodes, seq_len, floor)
   b = len(episodes)
   out = {"tokens": np.zeros((b, t), np.int32), "positions": np.zeros((b, t), np.int32),
          "valid": np.zeros((b, t), bool), "loss_mask": np.zeros((b, t), np.float32),
@@ -170,7 +175,7 @@ def choice_batch(episodes: Sequence[Episode], seq_len: int | None = None,
   """
   rows = [_choice_row(ep) for ep in episodes]
   b = len(rows)
-  t = seq_len or _floored({"t": sampling.bucket(max(len(ep.tokens) for ep in episodes))}, floor)["t"]
+  t = _seq_len(episodes, seq_len, floor)
   preds = [_predictor_rows(r["nodes"], t) for r in rows]
   dims = _floored({
       "n_in": sampling.bucket(max(max(len(r["inputs"]) for r in rows), 1)),
