@@ -35,7 +35,7 @@ def load(model: str, tokenizer: str = "", dtype: str = "", system_prompt: str | 
   place = None if mesh is None else (lambda params: parallel.place_params(params, mesh))
   cfg, params = models.load(model, dtype=dtype or None, param_dtype=param_dtype or None, seed=seed,
                             place=place)
-  cfg = cfg.replace(remat=remat, unroll_layers=models_config.unroll_layers(layer_loop, cfg.num_layers))
+  cfg = models_config.apply_layer_loop(cfg.replace(remat=remat), layer_loop, jax.default_backend())
   tok = tokenizer_lib.load(tokenizer or model)
   tokenizer_lib.check_compatible(tok, cfg)
   return Agent(cfg, params, tok, rollout.ChatFormat(tok, system_prompt or None), mesh)

@@ -349,6 +349,7 @@ class Roller:
     """
     episodes: list[Episode] = []
     size = self.pool.size * jax.process_count()
+    params = sampling.sampler_params(self.cfg, params, self.mesh)
     for start in range(0, len(tasks), size):
       rng, sub = jax.random.split(rng)
       episodes += self._run_batch(params, list(tasks[start:start + size]), sub)

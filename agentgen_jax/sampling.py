@@ -56,6 +56,16 @@ def live_window(needed: int, capacity: int) -> int:
   return min(bucket(needed, minimum=128), capacity)
 
 
+def sampler_params(cfg, params, mesh=None):
+  """params in the form the sampler's programs take them: split into per-layer buffers
+  (models.split_layers) when cfg.sampler_layers is "split" and there is no mesh, else as they are (a
+  mesh's programs take the stacked params in their FSDP shardings). Once per batch of rollouts: the
+  split copies the layer weights."""
+  if cfg.sampler_layers == "split" and mesh is None:
+    return models.split_layers(params)
+  return params
+
+
 @functools.lru_cache(maxsize=64)
 def _context_maker(cfg, batch: int, max_len: int, mesh):
   """A compiled zero-filled Context builder, cached so that each new batch does not re-jit."""
@@ -287,7 +297,7 @@ class Sampler:
   def __init__(self, cfg, params, tokenizer, *, max_len: int = 2048, mesh=None,
                eos_ids: Sequence[int] | None = None):
     self.cfg, self.tokenizer, self.max_len, self.mesh = cfg, tokenizer, max_len, mesh
-    self.params = parallel.place_params(params, mesh)
+    self.params = sampler_params(cfg, parallel.place_params(params, mesh), mesh)
     if eos_ids is None:
       # The model's own end ids (e.g. <|im_end|> and <|endoftext|>) and the tokenizer's.
       eos = tokenizer.eos_token_id

@@ -243,6 +243,50 @@ def test_unrolled_layers_compute_the_scanned_function(params):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads[0], grads[1])
 
 
+def test_per_layer_params_compute_the_stacked_function(params):
+  # models.split_layers: the layers as L separate trees (the sampler's form on CPU); the plain forward, a
+  # cached prefill + decode, a continuation scored without appending, and a LoRA-attached tree all give the
+  # stacked params' outputs.
+  split = models.split_layers(params)
+  assert models.is_split(split) and not models.is_split(params) and models.split_layers(split) is split
+  assert len(split["layers"]) == CFG.num_layers
+  for i in (0, CFG.num_layers - 1):
+    jax.tree.map(lambda s, p, i=i: np.testing.assert_array_equal(s, p[i]), split["layers"][i],
+                 params["layers"])
+  tokens = _tokens(2, 6, seed=13)
+  np.testing.assert_allclose(models.logits(CFG, split, tokens), models.logits(CFG, params, tokens),
+                             rtol=1e-5, atol=1e-6)
+  outs = []
+  for p in (params, split):
+    cache = models.init_cache(CFG, 2, 16)
+    _, _, cache = forward(CFG, p, tokens[:, :5], _positions(2, 5), cache=cache)
+    step, _, after = forward(CFG, p, tokens[:, 5:], _positions(2, 1, 5), cache=cache)
+    scored, _, _ = models.forward(CFG, p, tokens[:, 3:], _positions(2, 3, 5), cache=cache, append=False)
+    outs.append((step, after.k, after.v, scored))
+  for a, b in zip(*outs):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  lora_cfg = models.LoraConfig(rank=2, targets=("q", "down"))
+  adapters = jax.tree.map(lambda a: a + 0.05, models.lora.init(CFG, lora_cfg, 3))  # B != 0: not the base
+  attached = [models.lora.attach(p, adapters, lora_cfg) for p in (params, split)]
+  with_lora = [models.logits(CFG, p, tokens) for p in attached]
+  np.testing.assert_allclose(with_lora[1], with_lora[0], rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(with_lora[0]) - np.asarray(models.logits(CFG, params, tokens))).max() > 1e-3
+
+
+@pytest.mark.parametrize("layer_loop, backend, form", [
+    ("auto", "cpu", "split"), ("auto", "gpu", "stacked"), ("auto", "tpu", "stacked"),
+    ("scan", "cpu", "stacked"), ("unroll", "gpu", "split")])
+def test_layer_loop_setting_decides_the_sampler_params_form(layer_loop, backend, form):
+  from agentgen_jax.models import config as models_config
+  assert models_config.sampler_layers(layer_loop, backend) == form
+  cfg = models_config.apply_layer_loop(CFG, layer_loop, backend)
+  assert cfg.sampler_layers == form and cfg.unroll_layers == models_config.unroll_layers(layer_loop, 2)
+  with pytest.raises(ValueError, match="sampler_layers='per_layer'; valid: stacked, split"):
+    CFG.replace(sampler_layers="per_layer")
+  with pytest.raises(ValueError, match="layer_loop='loop'; valid: auto, scan, unroll"):
+    models_config.sampler_layers("loop", backend)
+
+
 @pytest.mark.parametrize("layer_loop, layers, unrolled", [
     ("auto", 4, "learner"), ("auto", 8, "learner"), ("auto", 9, "none"), ("scan", 4, "none"),
     ("unroll", 30, "all")])

@@ -65,6 +65,21 @@ def test_same_seed_same_episodes(setup):
   assert [ep.tokens for ep in a] == [ep.tokens for ep in b]
 
 
+@pytest.mark.parametrize("mode", ["generate", "choose"])
+def test_per_layer_sampler_params_play_the_same_episodes(setup, mode):
+  # sampler_layers "split" (layer_loop auto on CPU): Roller.run splits the layer params once per call; the
+  # episodes, their sampler log-probs and the choices are those of the stacked params.
+  cfg, params, tok, pool, tasks = setup
+  rcfg = rollout.RolloutConfig(mode=mode, max_turns=3, max_new_tokens=12, max_episode_tokens=1024)
+  runs = [rollout.Roller(c, tok, pool, rcfg).run(params, tasks, jax.random.PRNGKey(0))
+          for c in (cfg.replace(sampler_layers="stacked"), cfg.replace(sampler_layers="split"))]
+  assert [ep.tokens for ep in runs[0]] == [ep.tokens for ep in runs[1]]
+  assert [ep.actions for ep in runs[0]] == [ep.actions for ep in runs[1]]
+  for a, b in zip(*runs):
+    np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-5)
+  assert not models.is_split(params)  # the caller's params are left as they were
+
+
 def test_choice_logprobs_match_learner_recompute(setup):
   cfg, params, _, _, _ = setup
   episodes = _run(setup, "choose")

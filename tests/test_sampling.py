@@ -82,8 +82,13 @@ def _decode(cfg, params, ctx, seed=0, temperature=0.0, top_p=1.0, active=None, *
                          temperature=temperature, top_p=top_p, eos_ids=kw.pop("eos_ids", ()), **kw)
 
 
-def test_greedy_matches_transformers_generate(hf_and_ours):
+@pytest.mark.parametrize("form", ["stacked", "split"])
+def test_greedy_matches_transformers_generate(hf_and_ours, form):
+  # "split": per-layer params (sampler_params, the sampler's form on CPU under layer_loop auto).
   model, cfg, params = hf_and_ours
+  cfg = cfg.replace(sampler_layers=form)
+  params = sampling.sampler_params(cfg, params)
+  assert models.is_split(params) == (form == "split")
   _, out = _decode(cfg, params, _prefill(cfg, params, PROMPTS))
   for row, prompt in enumerate(PROMPTS):
     with torch.no_grad():
@@ -110,11 +115,14 @@ def _behaviour_logprobs(logits: np.ndarray, tokens: np.ndarray, temperature: flo
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
-def test_sampled_logprobs_are_those_of_the_tempered_nucleus(llama, top_p):
+@pytest.mark.parametrize("form", ["stacked", "split"])
+def test_sampled_logprobs_are_those_of_the_tempered_nucleus(llama, top_p, form):
   """Behaviour log-probs: the distribution actually sampled from (logits / 0.7, the top-p nucleus
-  renormalised), checked against a float64 reference from one full forward without a cache."""
+  renormalised), checked against a float64 reference from one full forward without a cache (on the
+  stacked params, whichever form the sampler ran on)."""
   cfg, params = llama
-  _, out = _decode(cfg, params, _prefill(cfg, params, PROMPTS), seed=3, temperature=0.7, top_p=top_p)
+  run = sampling.sampler_params(cfg.replace(sampler_layers=form), params)
+  _, out = _decode(cfg, run, _prefill(cfg, run, PROMPTS), seed=3, temperature=0.7, top_p=top_p)
   # Right-padded: padding after a token cannot change its causal logits.
   seqs, _ = _pad([p + list(np.asarray(out.tokens[r])) for r, p in enumerate(PROMPTS)])
   full = np.asarray(models.logits(cfg, params, jnp.asarray(seqs)))
@@ -344,6 +352,10 @@ def test_sampler_generate_text_stop_strings_and_chat(llama):
   assert stopped.tokens == free[row].tokens[:len(stopped.tokens)]
   chat = sampler.generate([[{"role": "user", "content": p}] for p in prompts], max_new_tokens=NEW)
   assert [c.tokens for c in chat] == [f.tokens for f in free]
+  # On per-layer params (sampler_layers "split": the Sampler splits them itself) the same text comes out.
+  split = sampling.Sampler(cfg.replace(sampler_layers="split"), params, tok, max_len=SLOTS)
+  assert models.is_split(split.params)
+  assert [r.tokens for r in split.generate(prompts, max_new_tokens=NEW)] == [f.tokens for f in free]
 
 
 SHARDED_SCRIPT = textwrap.dedent("""

@@ -13,9 +13,11 @@ from agentgen_jax.models.transformer import (
            forward_branches,
            init_cache,
            init_params,
+           is_split,
            linear,
            lm_head,
            logits,
+           split_layers,
 )
 
 # The submodule `load` is shadowed on purpose: `models.load` is the function (the module stays importable
@@ -26,5 +28,5 @@ save_hf = _export.save_hf
 save_peft = _export.save_peft
 
 __all__ = ["Branches", "KVCache", "LoraConfig", "ModelConfig", "forward", "forward_branches", "init_cache",
-           "init_params", "linear", "lm_head", "load", "load_config", "logits", "lora", "preset", "save_hf",
-           "save_peft", "value"]
+           "init_params", "is_split", "linear", "lm_head", "load", "load_config", "logits", "lora", "preset",
+           "save_hf", "save_peft", "split_layers", "value"]

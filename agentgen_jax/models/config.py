@@ -28,6 +28,28 @@ AUTO_UNROLL_LAYERS = 8
 UNROLL_CHOICES = ("none", "learner", "all")
 
 
+# The form of the params the sampler's programs take (ModelConfig.sampler_layers): "stacked", as the learner
+# holds them, or "split" into per-layer buffers (models.split_layers, made by sampling.sampler_params on one
+# device). On XLA:CPU a layer loop, or straight-line code over the stack, copies each layer's weights out of
+# the stack before its matmuls, every decode step; split, the matmuls read them where they are.
+SAMPLER_LAYERS = ("stacked", "split")
+
+
+def sampler_layers(layer_loop: str, backend: str) -> str:
+  """ModelConfig.sampler_layers under RunConfig.layer_loop on `backend` (jax.default_backend()): "split" for
+  "unroll", and for "auto" on CPU; "stacked" otherwise (XLA:GPU and TPU read a stacked layer's weights
+  in place, and a split copy would double the sampler's weight memory there)."""
+  if layer_loop not in LAYER_LOOPS:
+    raise ValueError(f"layer_loop={layer_loop!r}; valid: {', '.join(LAYER_LOOPS)}")
+  return "split" if layer_loop == "unroll" or (layer_loop == "auto" and backend == "cpu") else "stacked"
+
+
+def apply_layer_loop(cfg: ModelConfig, layer_loop: str, backend: str) -> ModelConfig:
+  """cfg with unroll_layers and sampler_layers as RunConfig.layer_loop sets them on `backend`."""
+  return cfg.replace(unroll_layers=unroll_layers(layer_loop, cfg.num_layers),
+                     sampler_layers=sampler_layers(layer_loop, backend))
+
+
 def unroll_layers(layer_loop: str, num_layers: int) -> str:
   """ModelConfig.unroll_layers for a model of num_layers layers under RunConfig.layer_loop."""
   if layer_loop not in LAYER_LOOPS:
@@ -72,6 +94,9 @@ class ModelConfig:
   # stacks of residuals to fill and slice), at a compile time that grows with the layer count. Set from
   # RunConfig.layer_loop (default "auto": "learner" up to 8 layers, "none" beyond).
   unroll_layers: str = "none"
+  # One of SAMPLER_LAYERS: whether the sampler runs on per-layer copies of the layer params (straight-line
+  # code). Set from RunConfig.layer_loop (sampler_layers above: "auto" splits them on CPU).
+  sampler_layers: str = "stacked"
 
   def __post_init__(self):
     if isinstance(self.remat, bool):  # the older boolean flag
@@ -80,6 +105,8 @@ class ModelConfig:
       raise ValueError(f"remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
     if self.unroll_layers not in UNROLL_CHOICES:
       raise ValueError(f"unroll_layers={self.unroll_layers!r}; valid: {', '.join(UNROLL_CHOICES)}")
+    if self.sampler_layers not in SAMPLER_LAYERS:
+      raise ValueError(f"sampler_layers={self.sampler_layers!r}; valid: {', '.join(SAMPLER_LAYERS)}")
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f"architecture={self.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
     for field in ("dtype", "param_dtype"):

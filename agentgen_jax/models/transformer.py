@@ -293,12 +293,14 @@ def _remat(block, policy: str):
 
 
 class Decoder(nn.Module):
-  """Embedding, the scanned layers (params stacked on a leading [L] axis), final norm, LM head."""
+  """Embedding, the scanned layers (params stacked on a leading [L] axis), final norm, LM head. With
+  `split`, the layers' params are L separate subtrees layers_0 .. layers_<L-1> instead (split_layers)."""
   cfg: ModelConfig
   window: int | None = None
   append: bool = True
   branches: bool = False
   causal: bool = False
+  split: bool = False
 
   @nn.compact
   def __call__(self, tokens, rope, mask, kv, index):
@@ -307,17 +309,25 @@ class Decoder(nn.Module):
                      embedding_init=nn.initializers.normal(_INIT_STD), name="embed")
     x = embed(tokens)
     block = _remat(Block, cfg.remat)
-    # Unrolled, the layers are straight-line code over the same stacked params: no loop-carried stacks of
-    # residuals to fill and slice (ModelConfig.unroll_layers; "learner": the forwards without a cache).
-    unroll = cfg.unroll_layers == "all" or (cfg.unroll_layers == "learner" and kv is None)
-    layers = nn.scan(block, variable_axes={"params": 0, "lora": 0},
-                     split_rngs={"params": True, "dropout": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                     unroll=cfg.num_layers if unroll else 1)
     k_cache, v_cache = kv if kv is not None else (None, None)
-    (x, k_cache, v_cache), _ = layers(cfg, self.window, self.append, self.branches, self.causal,
-                                      name="layers")(
-        (x, k_cache, v_cache), jnp.arange(cfg.num_layers), rope, mask, index)
+    carry = (x, k_cache, v_cache)
+    if self.split:
+      # Per-layer params (split_layers; _apply names them layers_<i>): straight-line code whose matmuls read
+      # each layer's own weight buffers.
+      for i in range(cfg.num_layers):
+        carry, _ = block(cfg, self.window, self.append, self.branches, self.causal, name=f"layers_{i}")(
+            carry, i, rope, mask, index)
+    else:
+      # Unrolled, the layers are straight-line code over the same stacked params: no loop-carried stacks of
+      # residuals to fill and slice (ModelConfig.unroll_layers; "learner": the forwards without a cache).
+      unroll = cfg.unroll_layers == "all" or (cfg.unroll_layers == "learner" and kv is None)
+      layers = nn.scan(block, variable_axes={"params": 0, "lora": 0},
+                       split_rngs={"params": True, "dropout": True},
+                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                       unroll=cfg.num_layers if unroll else 1)
+      carry, _ = layers(cfg, self.window, self.append, self.branches, self.causal, name="layers")(
+          carry, jnp.arange(cfg.num_layers), rope, mask, index)
+    x, k_cache, v_cache = carry
     hidden = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
       head = {"embed": {"embedding": embed.embedding}}
@@ -360,14 +370,46 @@ def _apply(cfg: ModelConfig, params: dict, *args, window: int | None = None, app
   """Decoder(cfg, window, append, branches, causal).apply on a param tree that may carry LoRA adapters under
   "lora" (models/lora.py attach): they go to the "lora" collection, their optional "rng" to the dropout
   stream."""
-  decoder = Decoder(cfg, window, append, branches, causal)
-  if "lora" not in params:
-    return decoder.apply({"params": params}, *args)
+  split = is_split(params)
+  decoder = Decoder(cfg, window, append, branches, causal, split)
   params = dict(params)
-  lora = dict(params.pop("lora"))
+  lora = dict(params.pop("lora", {}))
   rng = lora.pop("rng", None)
-  return decoder.apply({"params": params, "lora": {"layers": lora}}, *args,
+  if split:
+    # The adapters stay stacked (they are small): each layer takes its slice under the caller's jit.
+    layers = params.pop("layers")
+    params.update({f"layers_{i}": p for i, p in enumerate(layers)})
+    lora = {f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], lora) for i in range(len(layers))
+            } if lora else {}
+  else:
+    lora = {"layers": lora} if lora else {}
+  if not lora:
+    return decoder.apply({"params": params}, *args)
+  return decoder.apply({"params": params, "lora": lora}, *args,
                        rngs=None if rng is None else {"dropout": rng})
+
+
+def split_layers(params: dict) -> dict:
+  """params with "layers" (every leaf stacked on a leading [L] axis) as a tuple of L per-layer trees, each
+  leaf its own buffer: forward then runs the layers as straight-line code whose weight matmuls read those
+  buffers. The sampler's form on XLA:CPU (sampling.sampler_params): there a layer loop, or straight-line
+  code over the stacked params, copies each layer's weights out of the stack before its matmuls (a
+  SmolLM2-135M decode step took 103 ms on the stack, 78 ms split; docs/BENCHMARKS.md). The same values:
+  forward gives the same outputs either way. A second copy of the layer weights, made outside any jit."""
+  if is_split(params):
+    return params
+  return {**params, "layers": _split(params["layers"])}
+
+
+@jax.jit
+def _split(layers):
+  count = jax.tree.leaves(layers)[0].shape[0]
+  return tuple(jax.tree.map(lambda x, i=i: x[i], layers) for i in range(count))
+
+
+def is_split(params: dict) -> bool:
+  """Whether params carry their layers as split_layers' per-layer tuple."""
+  return isinstance(params.get("layers"), tuple)
 
 
 def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Array,

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from agentgen_jax import models, sampling
+from agentgen_jax.models import config as models_config
 
 CAPACITIES = (256, 4096)
 TARGET = 1.3
@@ -30,6 +31,8 @@ def step_ms(cfg, params, batch: int, capacity: int, live: int = 40, steps: int =
 
 def run(quick: bool) -> list[dict]:
   cfg, params = models.load("tiny")
+  cfg = models_config.apply_layer_loop(cfg, "auto", jax.default_backend())  # as a run lays it out
+  params = sampling.sampler_params(cfg, params)
   batch, repeats = 16, 3 if quick else 7
   for capacity in CAPACITIES:        # compile outside the timing
     step_ms(cfg, params, batch, capacity)

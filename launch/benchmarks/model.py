@@ -64,6 +64,7 @@ def _sampler_ours(cfg, params, prompts: np.ndarray, new_tokens: int):
   batch, length = prompts.shape
   valid = np.ones_like(prompts, bool)
   slots = sampling.bucket(length + new_tokens)
+  params = sampling.sampler_params(cfg, params)  # in the form a rollout runs them (cfg.sampler_layers)
 
   def generate():
     ctx = sampling.new_context(cfg, batch, slots)
@@ -127,13 +128,18 @@ def _load_note() -> str:
 
 def sampler_rows(quick: bool) -> list[dict]:
   cfg, params = models.load(SAMPLER_MODEL)
+  # The layout a run uses here (RunConfig.layer_loop "auto"), and the stacked one beside it.
+  cfg = models_config.apply_layer_loop(cfg, "auto", jax.default_backend())
+  stacked = cfg.replace(sampler_layers="stacked")
   batch, length, new_tokens = 16, (32 if quick else 128), (16 if quick else 64)
   prompts = np.random.default_rng(0).integers(100, cfg.vocab_size, (batch, length)).astype(np.int32)
   with tempfile.TemporaryDirectory() as folder:
     models.save_hf(cfg, params, folder)
     torch_run = _sampler_torch(folder, prompts, new_tokens)
-  res = _interleaved({"ours": _sampler_ours(cfg, params, prompts, new_tokens), "torch": torch_run},
-                     repeats=1 if quick else 2)
+  runs = {"ours": _sampler_ours(cfg, params, prompts, new_tokens), "torch": torch_run}
+  if cfg.sampler_layers != "stacked":
+    runs["stacked"] = _sampler_ours(stacked, params, prompts, new_tokens)
+  res = _interleaved(runs, repeats=1 if quick else 2)
   (ours_tokens, ours_prefill, ours_decode), (ref_tokens, ref_prefill, ref_decode) = res["ours"], res["torch"]
   # Greedy paths agree until a near-tie in float32 flips one argmax; count the agreeing prefix per row.
   same = [int(np.argmax(np.append(a != b, True))) for a, b in zip(ours_tokens, ref_tokens)]
@@ -148,17 +154,29 @@ def sampler_rows(quick: bool) -> list[dict]:
                         f"{decode_tps / ref_decode_tps:.2f}x. "
                         + _decode_notes(cfg, params, batch, new_tokens, ours_decode, ref_decode,
                                        sampling.bucket(length + new_tokens)))
-  return [
+  rows = [
       _row("sampler", "prefill", prefill_tps, ref_prefill_tps, ref_name, "tok/s", notes=setup),
       _row("sampler", "decode", decode_tps, ref_decode_tps, ref_name, "tok/s",
            f">= {DECODE_TARGET}x reference", met,
            setup + why),
   ]
+  if "stacked" in res:
+    stacked_tokens, stacked_prefill, stacked_decode = res["stacked"]
+    note = (f"the same runs with the layer params stacked (sampler_layers 'stacked', the layout before "
+            f"per-layer params; RunConfig.layer_loop 'scan'), interleaved with the two above; tokens "
+            f"{'identical' if np.array_equal(stacked_tokens, ours_tokens) else 'DIFFERENT'} to the split "
+            f"layout's; {_load_note()}")
+    rows += [_row("sampler", "prefill, per-layer params vs stacked", prefill_tps,
+                  batch * length / stacked_prefill, "ours, stacked layer params", "tok/s", notes=note),
+             _row("sampler", "decode, per-layer params vs stacked", decode_tps,
+                  batch * new_tokens / stacked_decode, "ours, stacked layer params", "tok/s", notes=note)]
+  return rows
 
 
 def _cached_step_ms(cfg, params, batch: int, slots: int) -> float:
   """Milliseconds of one jitted single-token models.forward with a cache of `slots` slots (best of 3)."""
   token, position = jnp.ones((batch, 1), jnp.int32), jnp.full((batch, 1), 8, jnp.int32)
+  params = sampling.sampler_params(cfg, params)
   step = jax.jit(lambda p, c: models.forward(cfg, p, token, position, cache=c)[2], donate_argnums=1)
   cache = [models.init_cache(cfg, batch, slots)]
 

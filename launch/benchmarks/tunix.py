@@ -39,8 +39,8 @@ def model_config(quick: bool = False) -> models.ModelConfig:
                 num_kv_heads=2, head_dim=64), **size},
       rope_theta=1e6, rms_norm_eps=1e-6, qkv_bias=True, tie_embeddings=True, architecture="qwen2",
       pad_token_id=PAD)
-  # The layer loop a run of this size uses (RunConfig.layer_loop "auto": the sampler's forwards a loop).
-  return cfg.replace(unroll_layers=models_config.unroll_layers("auto", cfg.num_layers))
+  # The layer loop a run of this size uses on this backend (RunConfig.layer_loop "auto").
+  return models_config.apply_layer_loop(cfg, "auto", jax.default_backend())
 
 
 def require_tunix() -> types.SimpleNamespace:
@@ -176,6 +176,7 @@ def tunix_generate(sampler, prompts: np.ndarray, new_tokens: int) -> np.ndarray:
 def ours_generate(cfg, params, prompts: np.ndarray, new_tokens: int) -> np.ndarray:
   """Greedy with our sampler: a fresh context, prefill, decode: prompts [B, T] -> tokens [B, N]."""
   batch, length = prompts.shape
+  params = sampling.sampler_params(cfg, params)  # as a rollout takes them
   ctx = sampling.new_context(cfg, batch, sampling.bucket(length + new_tokens))
   ctx = sampling.extend(cfg, params, ctx, prompts, np.ones(prompts.shape, bool))
   _, out = sampling.decode(cfg, params, ctx, 0, np.ones(batch, bool), max_new_tokens=new_tokens,
@@ -201,6 +202,7 @@ def ours_episodes(cfg, params, prompts: np.ndarray, observations: np.ndarray, ne
   batch = prompts.shape[0]
   turns = len(observations) + 1
   rcfg = episode_rollout_config(prompts.shape[1], observations.shape[2], new_tokens, turns)
+  params = sampling.sampler_params(cfg, params)  # as rollout.Roller.run takes them
   ctx = sampling.new_context(cfg, batch, rcfg.slots())
   generated = []
   for chunk in [prompts, *observations]:
