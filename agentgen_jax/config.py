@@ -68,7 +68,7 @@ class RunConfig:
   dtype: str = ""                  # compute dtype; default float32 on CPU, bfloat16 on accelerators
   param_dtype: str = ""            # storage dtype of params and Adam moments; default float32
   remat: str = "none"              # per-layer activation remat in the backward: none | full | dots
-  layer_loop: str = "auto"         # layers traced as a loop (scan) or straight-line (unroll); auto: <= 8
+  layer_loop: str = "auto"         # scan | unroll | auto: learner unrolled <= 8 layers, CPU sampler split
   mesh: str = "data:-1"            # device mesh, axes data and fsdp: data:-1 | fsdp:8 | data:2,fsdp:4
   seed: int = 0
   seeds: int = 1                   # launch: run the protocol once per seed (study/seeds.py)

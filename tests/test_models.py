@@ -226,18 +226,22 @@ def test_remat_gives_the_same_gradients(params):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
 
 
+def _prefill_and_step(cfg, params, tokens):
+  """A cached prefill of tokens[:, :5], then tokens[:, 5:] as one step: (its logits, the cache after)."""
+  cache = models.init_cache(cfg, tokens.shape[0], 16)
+  _, _, cache = forward(cfg, params, tokens[:, :5], _positions(2, 5), cache=cache)
+  step, _, after = forward(cfg, params, tokens[:, 5:], _positions(2, 1, 5), cache=cache)
+  return step, after, cache
+
+
 def test_unrolled_layers_compute_the_scanned_function(params):
   # Same params, same forward, cached decode and gradients, whether the layers are a loop or unrolled.
   unrolled = CFG.replace(unroll_layers="all")
   tokens = _tokens(2, 6, seed=11)
   np.testing.assert_allclose(models.logits(unrolled, params, tokens), models.logits(CFG, params, tokens),
                              rtol=1e-5, atol=1e-6)
-  cached = []
-  for cfg in (CFG, unrolled):
-    cache = models.init_cache(cfg, 2, 16)
-    _, _, cache = forward(cfg, params, tokens[:, :5], _positions(2, 5), cache=cache)
-    cached.append(forward(cfg, params, tokens[:, 5:], _positions(2, 1, 5), cache=cache)[0])
-  np.testing.assert_allclose(cached[1], cached[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(_prefill_and_step(unrolled, params, tokens)[0],
+                             _prefill_and_step(CFG, params, tokens)[0], rtol=1e-5, atol=1e-6)
   grads = [jax.grad(lambda p, cfg=cfg: models.logits(cfg, p, tokens).std())(params)
            for cfg in (CFG, unrolled)]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads[0], grads[1])
@@ -258,9 +262,7 @@ def test_per_layer_params_compute_the_stacked_function(params):
                              rtol=1e-5, atol=1e-6)
   outs = []
   for p in (params, split):
-    cache = models.init_cache(CFG, 2, 16)
-    _, _, cache = forward(CFG, p, tokens[:, :5], _positions(2, 5), cache=cache)
-    step, _, after = forward(CFG, p, tokens[:, 5:], _positions(2, 1, 5), cache=cache)
+    step, after, cache = _prefill_and_step(CFG, p, tokens)
     scored, _, _ = models.forward(CFG, p, tokens[:, 3:], _positions(2, 3, 5), cache=cache, append=False)
     outs.append((step, after.k, after.v, scored))
   for a, b in zip(*outs):

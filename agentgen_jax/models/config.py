@@ -17,11 +17,10 @@ ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
 # How the layers are traced (RunConfig.layer_loop): "scan" a loop over the stacked layer params everywhere,
 # "unroll" straight-line code everywhere, "auto" straight-line code in the learner's forwards (no KV cache:
-# the update, its log-prob recompute, SFT) for models of up to AUTO_UNROLL_LAYERS layers and a loop in the
-# sampler's (each cache window is its own program, ~2 s to compile unrolled on the 2-core CPU: with the
-# sampler unrolled, the e2e benchmark's early RL iterations, which compile most of them, had a slower
-# rollout, 0.59-0.73 of a2df838's against 0.42-0.60 with it a loop, measured before prefill pieces; and
-# SmolLM2-135M decoded slower unrolled, 97 vs 120 tok/s interleaved in one process).
+# the update, its log-prob recompute, SFT) for models of up to AUTO_UNROLL_LAYERS layers, and on CPU a
+# sampler on per-layer params (sampler_layers below; straight-line code), elsewhere a loop in the sampler.
+# Straight-line code over the *stacked* params made the sampler slower on XLA:CPU (SmolLM2-135M decoded at
+# 97 vs 120 tok/s, each layer's weights copied out of the stack): per-layer params are what pays.
 LAYER_LOOPS = ("auto", "scan", "unroll")
 AUTO_UNROLL_LAYERS = 8
 # ModelConfig.unroll_layers: which forwards trace their layers unrolled.

@@ -188,25 +188,77 @@ def _cached_step_ms(cfg, params, batch: int, slots: int) -> float:
   return 1000 * _best_time(one, 3)
 
 
+_STEP_KERNELS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _weight_matmul_runs(cfg, params, batch: int) -> dict:
+  """{"ours", "torch"}: callables running a decode step's weight matmuls alone, [batch, D] activations
+  through every layer's seven kernels and the head, nothing else (no attention, norms or cache): jax on
+  per-layer buffers (the sampler's form here) and torch on the same float32 weights. Each returns the
+  final [batch, V] logits."""
+  import torch
+  layers = [{k: np.asarray(params["layers"][k]["kernel"][i]) for k in _STEP_KERNELS}
+            for i in range(cfg.num_layers)]
+  head = np.asarray(params["embed"]["embedding"]) if cfg.tie_embeddings else np.asarray(params["lm_head"]).T
+  x0 = np.random.default_rng(0).standard_normal((batch, cfg.hidden_size)).astype(np.float32)
+
+  def chain(x, w, mm, silu, total):
+    for layer in w:
+      keys_values = total(mm(x, layer["k_proj"])) + total(mm(x, layer["v_proj"]))
+      x = x + mm(mm(x, layer["q_proj"]), layer["o_proj"]) + 1e-9 * keys_values
+      x = x + mm(silu(mm(x, layer["gate_proj"])) * mm(x, layer["up_proj"]), layer["down_proj"])
+    return x
+
+  jw = [{k: jnp.asarray(v) for k, v in layer.items()} for layer in layers]
+  jhead, jx = jnp.asarray(head), jnp.asarray(x0)
+  ours = jax.jit(lambda x, w, h: chain(x, w, jnp.matmul, jax.nn.silu, jnp.sum) @ h.T)
+  tw = [{k: torch.from_numpy(v) for k, v in layer.items()} for layer in layers]
+  thead, tx = torch.from_numpy(head), torch.from_numpy(x0)
+
+  @torch.inference_mode()
+  def theirs():
+    return (chain(tx, tw, torch.matmul, torch.nn.functional.silu, torch.sum) @ thead.T).numpy()
+
+  return {"ours": lambda: np.asarray(ours(jx, jw, jhead)), "torch": theirs}
+
+
+def _weight_matmuls_ms(cfg, params, batch: int, repeats: int = 5) -> tuple[float, float]:
+  """(ours, torch) milliseconds of _weight_matmul_runs, interleaved, best of `repeats`: the floor under
+  either framework's decode step on this machine."""
+  runs = _weight_matmul_runs(cfg, params, batch)
+  for fn in runs.values():
+    fn()
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, fn in runs.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return 1000 * min(times["ours"]), 1000 * min(times["torch"])
+
+
 def _decode_notes(cfg, params, batch, new_tokens, ours_s, ref_s, slots) -> str:
   """Per-step times, and what bounds them on a CPU: every step streams all the weights through a matmul."""
   weight_mb = cfg.num_params() * 4 / 2 ** 20
   ours_ms, ref_ms = 1000 * ours_s / new_tokens, 1000 * ref_s / new_tokens
+  floor_ours, floor_torch = _weight_matmuls_ms(cfg, params, batch)
+  floor = (f" The step's weight matmuls alone (every kernel and the head, no attention or cache) take "
+           f"{floor_ours:.0f} ms in jax and {floor_torch:.0f} ms in torch on the same weights in this run: "
+           f"{DECODE_TARGET}x transformers' whole step ({ref_ms / DECODE_TARGET:.0f} ms) is "
+           f"{'below' if ref_ms / DECODE_TARGET < floor_ours else 'above'} our matmul floor.")
   slower = ""
   if ours_ms > ref_ms:
     small, large = _cached_step_ms(cfg, params, batch, 16), _cached_step_ms(cfg, params, batch, slots)
     cache_mb = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim * 4 / 2 ** 20
-    slower = (f" Our step is {ours_ms - ref_ms:.0f} ms slower, and the cache is why: in this run one "
-              f"cached models.forward of one token takes {small:.0f} ms with 16 cache slots and "
-              f"{large:.0f} ms with {slots} ({cache_mb:.0f} MB of cache), so every step pays for all "
-              f"{slots} slots (torch's cache holds only the tokens so far): attention reads a window of "
-              f"the cache, and each layer's window is sliced out of the stacked [L, B, Hkv, S, Dh] cache "
-              f"(a copy of the window, not of the cache) before its matmul.")
+    slower = (f" Our step is {ours_ms - ref_ms:.0f} ms slower; the difference lies outside the weight "
+              f"matmuls, in attention over the cache: in this run one cached models.forward of one token "
+              f"takes {small:.0f} ms with 16 cache slots and {large:.0f} ms with {slots} ({cache_mb:.0f} MB "
+              f"of cache). Attention reads a window of the cache, each layer's sliced out of the stacked "
+              f"[L, B, Hkv, S, Dh] cache before its matmuls.")
   return (f"Per decode step (batch {batch}): ours {ours_ms:.0f} ms, transformers {ref_ms:.0f} ms. A step "
           f"multiplies [{batch}, {cfg.hidden_size}] activations with all {weight_mb:.0f} MB of float32 "
-          f"weights, so on 2 CPU cores both frameworks spend it in memory-bound matmuls; what jit removes "
-          f"(per-step Python and dispatch, a few ms) is what a 5x over transformers needs, and it is a "
-          f"small share of a CPU step at this model size.{slower}")
+          f"weights: on a CPU both frameworks spend most of it in those matmuls, and what jit removes "
+          f"(per-step Python and dispatch) is a few ms.{floor}{slower}")
 
 
 # ------------------------------------------------------------------------------------------ train step
