@@ -393,8 +393,8 @@ def split_layers(params: dict) -> dict:
   """params with "layers" (every leaf stacked on a leading [L] axis) as a tuple of L per-layer trees, each
   leaf its own buffer: forward then runs the layers as straight-line code whose weight matmuls read those
   buffers. The sampler's form on XLA:CPU (sampling.sampler_params): there a layer loop, or straight-line
-  code over the stacked params, copies each layer's weights out of the stack before its matmuls (a
-  SmolLM2-135M decode step took 103 ms on the stack, 78 ms split; docs/BENCHMARKS.md). The same values:
+  code over the stacked params, copies each layer's weights out of the stack before its matmuls
+  (SmolLM2-135M decodes 1.2x faster split: docs/BENCHMARKS.md, sampler rows). The same values:
   forward gives the same outputs either way. A second copy of the layer weights, made outside any jit."""
   if is_split(params):
     return params
