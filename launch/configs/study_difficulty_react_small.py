@@ -3,16 +3,16 @@ mixed and easy→hard, each evaluated on the easy and the hard test split) in th
 policy writes "Action: <action>" and TextCraft parses it (study_react.py).
 
   python -m launch.study --config=launch/configs/study_difficulty_react_small.py --workdir=runs/diff_react
-  python -m launch.study --config=launch/configs/study_difficulty_react_small.py --workdir=runs/diff_react3 \
-      --config.seeds=3
 
-Cost MEASURED at smoke size only (study_small.smoke: 1 iteration of 2 tasks × 2 samples per stage, 3 turns,
-4 demos, 2 eval tasks per difficulty): 11 min 23 s wall (660 s in the study) on the shared 2-core CPU under a
-load average of ~15 with another study of ours running, 2 min 13 s of CPU time. At smoke size 4 demos do
-not teach the format: every turn was invalid (invalid_rate 1.0, success 0, 16 generated tokens per turn).
-The smoke run above predates the twin's 400-demo, 8-epoch warm start; smoke size overrides both. The full
-size was NOT run. Its choose-mode twin takes ~40 min per seed on the loaded CPU, and its GRPO stages move no
-score; see study_difficulty_small.py.
+(3 seeds, the twin's default; each seed can also run as its own job: --config.seed=S --config.seeds=1
+--workdir=runs/diff_react/seed_S, after which the 3-seed command only merges.)
+
+Cost MEASURED at full size, 3 seeds (2026-12-01, shared 2-core CPU): 16.7, 12.8 and 9.5 min of wall time per
+seed (load ~2 for the first two, idle for the third), of which the SFT (400 demos, 8 epochs) took 5-7 min.
+Result (docs/examples/difficulty_textcraft_react_small_3seeds/): the warm start writes the format (99% of
+turns start with "Action:") but 80% of its turns are invalid; it solves 0.025 [0.000, 0.083] of the easy
+tasks and no hard one. GRPO had a non-zero advantage in 2 of 36 iterations and moved no score: every
+verdict inconclusive, as in the choose-mode twin (which solves 0.092 of the easy tasks).
 """
 
 from launch.configs import study_difficulty_small, study_react
