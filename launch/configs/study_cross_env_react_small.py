@@ -6,12 +6,13 @@ mode: the policy writes "Action: <action>" and each env parses it (study_react.p
   python -m launch.study --config=launch/configs/study_cross_env_react_small.py --workdir=runs/ce_react3 \
       --config.seeds=3
 
-Cost MEASURED at smoke size only (study_small.smoke: 1 iteration of 2 tasks × 2 samples, 3 turns, 4 demos
-per env, 2 eval tasks; 24 new tokens per turn): 4 min 53 s wall (285 s in the study) on the shared 2-core
-CPU under a load average of ~13, 1 min 46 s of CPU time. At smoke size 4 demos do not teach the format:
-every turn was invalid (invalid_rate 1.0, success 0). The full size (300 demos, 3 iterations of 4 × 4,
-40 × 2 eval tasks) was NOT run; the choose-mode study of the same size takes 17 min on an idle CPU, and
-generate mode decodes up to 16 tokens per turn instead of scoring ~14 candidates at once.
+Cost MEASURED at full size, 3 seeds (2026-12-01, shared 2-core CPU, nothing else heavy): 6.9, 6.3 and 5.7
+min of wall time per seed (~295 demos of SFT, 3 GRPO iterations of 4 × 4 per env, 40 × 2 eval tasks per
+env). Result (docs/examples/cross_env_react_small_3seeds/): the warm start writes invalid actions in 90%
+(TextCraft) and 79% (BabyAI) of its turns, solves no TextCraft task and 0.042 [0.013, 0.075] of BabyAI's;
+TextCraft training has no signal, BabyAI training moves BabyAI by -0.012 [-0.035, +0.012]: every transfer
+verdict inconclusive. Earlier smoke-size measurement (1 iteration of 2 × 2, 4 demos): 4 min 53 s under a
+load of ~13, every turn invalid.
 """
 
 from launch.configs import study_cross_env_small, study_react
