@@ -395,7 +395,8 @@ def split_layers(params: dict) -> dict:
   buffers. The sampler's form on XLA:CPU (sampling.sampler_params): there a layer loop, or straight-line
   code over the stacked params, copies each layer's weights out of the stack before its matmuls
   (SmolLM2-135M decodes 1.2x faster split: docs/BENCHMARKS.md, sampler rows). The same values:
-  forward gives the same outputs either way. A second copy of the layer weights, made outside any jit."""
+  forward gives the same outputs either way. A second copy of the layer weights, made by its own jitted
+  program (call it outside the sampler's jit, once per batch of rollouts)."""
   if is_split(params):
     return params
   return {**params, "layers": _split(params["layers"])}

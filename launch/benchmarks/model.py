@@ -212,8 +212,8 @@ def _weight_matmul_runs(cfg, params, batch: int) -> dict:
   jw = [{k: jnp.asarray(v) for k, v in layer.items()} for layer in layers]
   jhead, jx = jnp.asarray(head), jnp.asarray(x0)
   ours = jax.jit(lambda x, w, h: chain(x, w, jnp.matmul, jax.nn.silu, jnp.sum) @ h.T)
-  tw = [{k: torch.from_numpy(v) for k, v in layer.items()} for layer in layers]
-  thead, tx = torch.from_numpy(head), torch.from_numpy(x0)
+  tw = [{k: torch.from_numpy(np.array(v)) for k, v in layer.items()} for layer in layers]  # writable copies
+  thead, tx = torch.from_numpy(np.array(head)), torch.from_numpy(x0)
 
   @torch.inference_mode()
   def theirs():
@@ -223,18 +223,17 @@ def _weight_matmul_runs(cfg, params, batch: int) -> dict:
 
 
 def _weight_matmuls_ms(cfg, params, batch: int, repeats: int = 5) -> tuple[float, float]:
-  """(ours, torch) milliseconds of _weight_matmul_runs, interleaved, best of `repeats`: the floor under
-  either framework's decode step on this machine."""
-  runs = _weight_matmul_runs(cfg, params, batch)
-  for fn in runs.values():
-    fn()
-  times = {name: [] for name in runs}
-  for _ in range(repeats):
-    for name, fn in runs.items():
+  """(ours, torch) milliseconds of _weight_matmul_runs, interleaved (_interleaved), best of `repeats`: the
+  floor under either framework's decode step on this machine."""
+  def timed(fn):
+    def run():
       start = time.perf_counter()
       fn()
-      times[name].append(time.perf_counter() - start)
-  return 1000 * min(times["ours"]), 1000 * min(times["torch"])
+      return None, time.perf_counter() - start
+    return run
+  res = _interleaved({name: timed(fn) for name, fn in _weight_matmul_runs(cfg, params, batch).items()},
+                     repeats)
+  return 1000 * res["ours"][1], 1000 * res["torch"][1]
 
 
 def _decode_notes(cfg, params, batch, new_tokens, ours_s, ref_s, slots) -> str:
