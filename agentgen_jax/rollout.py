@@ -335,7 +335,7 @@ class Roller:
     return sampling.extend(self.cfg, params, ctx, tokens, valid, piece=self.rcfg.prefill_piece or None)
 
   def _slots_left(self, ctx) -> int:
-    return ctx.cache.valid.shape[1] - int(ctx.cache.index)
+    return ctx.limit - int(ctx.cache.index)
 
   # ---- the episode loop --------------------------------------------------------------------------
 

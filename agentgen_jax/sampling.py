@@ -22,6 +22,20 @@ class Context:
   cache: models.KVCache
   next_pos: jax.Array     # [B] int32: logical position of each row's next token (count of real tokens)
   last_logits: jax.Array  # [B, V] f32: logits after each row's last real token
+  # The most slots the cache may grow to (new_context's max_len; 0: its capacity now). The cache holds
+  # `capacity` slots and grows by buckets (grow) as the conversation needs them, so attention always
+  # reads the whole cache, never a window sliced out of a larger one. Static: part of the pytree's shape.
+  max_len: int = flax.struct.field(pytree_node=False, default=0)
+
+  @property
+  def capacity(self) -> int:
+    """The cache slots allocated now."""
+    return self.cache.valid.shape[1]
+
+  @property
+  def limit(self) -> int:
+    """The most slots this context can hold (grow's ceiling)."""
+    return self.max_len or self.capacity
 
 
 @flax.struct.dataclass
@@ -66,11 +80,25 @@ def sampler_params(cfg, params, mesh=None):
   return params
 
 
+def split_cache(cfg, mesh=None) -> bool:
+  """Whether a context's KV cache is per-layer buffers (models.init_cache(split=True)): exactly when
+  sampler_params splits the params (cfg.sampler_layers "split", no mesh). A layer then reads and writes
+  its own cache buffer; a stacked cache had each layer's window copied out of the stack in every step."""
+  return cfg.sampler_layers == "split" and mesh is None
+
+
+def _check_forms(params, ctx: Context):
+  """A one-line error when the context's cache and the params are not in matching forms."""
+  if ctx.cache.split and not models.is_split(params):
+    raise ValueError("this context has a split KV cache (cfg.sampler_layers='split'): pass the params "
+                     "through sampling.sampler_params(cfg, params) first")
+
+
 @functools.lru_cache(maxsize=64)
 def _context_maker(cfg, batch: int, max_len: int, mesh):
   """A compiled zero-filled Context builder, cached so that each new batch does not re-jit."""
   def make():
-    return Context(cache=models.init_cache(cfg, batch, max_len),
+    return Context(cache=models.init_cache(cfg, batch, max_len, split=split_cache(cfg, mesh)),
                    next_pos=jnp.zeros((batch,), jnp.int32),
                    last_logits=jnp.zeros((batch, cfg.vocab_size), jnp.float32))
   if mesh is None:
@@ -79,9 +107,44 @@ def _context_maker(cfg, batch: int, max_len: int, mesh):
 
 
 def new_context(cfg, batch: int, max_len: int, mesh=None) -> Context:
-  """An empty context for `batch` rows and `max_len` cache slots (sharded over `mesh` if given)."""
+  """An empty context for `batch` rows that can hold `max_len` cache slots (sharded over `mesh` if
+  given). It starts with live_window(0, max_len) slots (128, or max_len if fewer) and grows by buckets
+  as extend and decode need them (grow)."""
   parallel.check_rows(batch, mesh, "context batch")
-  return _context_maker(cfg, batch, max_len, mesh)()
+  if max_len < 1:
+    raise ValueError(f"max_len={max_len}; a context needs at least one cache slot")
+  ctx = _context_maker(cfg, batch, live_window(0, max_len), mesh)()
+  return ctx.replace(max_len=max_len)
+
+
+def grow(ctx: Context, needed: int) -> Context:
+  """ctx with room for `needed` slots: the cache re-allocated at live_window(needed, ctx.limit) slots
+  (the new slots empty and invalid) when it has fewer; ctx itself otherwise. A conversation's
+  cache grows a handful of times (buckets grow geometrically), each a copy of what it holds."""
+  if needed <= ctx.capacity:
+    return ctx
+  size = live_window(needed, ctx.limit)
+  if size <= ctx.capacity:
+    return ctx
+  sharding = ctx.cache.valid.sharding
+  mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+  return _grower(size, mesh)(ctx)
+
+
+@functools.lru_cache(maxsize=64)
+def _grower(size: int, mesh):
+  """A compiled Context -> Context that pads the cache to `size` slots."""
+  def pad(ctx):
+    cache = ctx.cache
+    extra = size - cache.valid.shape[1]
+    def slots(x):  # k / v: slots on axis -2
+      return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra), (0, 0)])
+    return ctx.replace(cache=cache.replace(k=jax.tree.map(slots, cache.k), v=jax.tree.map(slots, cache.v),
+                                           valid=jnp.pad(cache.valid, [(0, 0), (0, extra)])))
+  # Under a mesh the padded arrays keep their inputs' row shardings (the pad is along the slots). No
+  # donation: the old buffers are smaller than any output, XLA could not reuse them.
+  del mesh
+  return jax.jit(pad)
 
 
 def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, window: int,
@@ -106,7 +169,7 @@ def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, 
   last_logits = jnp.where((counts > 0)[:, None], row_logits, ctx.last_logits)
   if advance is not None:
     cache = cache.replace(index=ctx.cache.index + advance)
-  return Context(cache=cache, next_pos=ctx.next_pos + counts, last_logits=last_logits)
+  return ctx.replace(cache=cache, next_pos=ctx.next_pos + counts, last_logits=last_logits)
 
 
 _extend_jit = jax.jit(extend_step, static_argnames=("cfg", "window"), donate_argnames="ctx")
@@ -131,12 +194,13 @@ def extend(cfg, params, ctx: Context, tokens, valid, piece: int | None = PIECE) 
   The cache's index moves by the real length only: the next piece, chunk or decoded token is written over
   a piece's padding, so that padding leaves no holes in the cache (and attention windows stay small).
   """
+  _check_forms(params, ctx)
   tokens, valid = np.asarray(tokens, np.int32), np.asarray(valid, bool)
   if tokens.shape != valid.shape or tokens.ndim != 2:
     raise ValueError(f"tokens {tokens.shape} and valid {valid.shape} must both be [B, T]")
   if piece is not None and piece < 1:
     raise ValueError(f"piece={piece}; it must be >= 1 (or None: the whole chunk in one call)")
-  slots = ctx.cache.valid.shape[1]
+  slots = ctx.limit
   index = int(ctx.cache.index)
   length = tokens.shape[1]
   if length > slots - index:
@@ -150,9 +214,9 @@ def extend(cfg, params, ctx: Context, tokens, valid, piece: int | None = PIECE) 
     part_tokens = np.zeros((tokens.shape[0], padded), np.int32)
     part_valid = np.zeros((tokens.shape[0], padded), bool)
     part_tokens[:, :n], part_valid[:, :n] = tokens[:, start:start + n], valid[:, start:start + n]
-    window = live_window(index + padded, slots)
+    ctx = grow(ctx, index + padded)
     ctx = _extend_jit(cfg, params, ctx, _like_rows(ctx, part_tokens), _like_rows(ctx, part_valid),
-                      window=window, advance=np.int32(n))
+                      window=ctx.capacity, advance=np.int32(n))
     index += n
   return ctx
 
@@ -227,8 +291,8 @@ def decode_loop(cfg, params, ctx: Context, rng, active, temperature, top_p, *, m
     # The sampled token (EOS included) goes into the cache so that the next turn continues after it.
     logits, _, cache = models.forward(cfg, params, token[:, None], ctx.next_pos[:, None], running[:, None],
                                       cache=ctx.cache, window=window)
-    ctx = Context(cache=cache, next_pos=ctx.next_pos + running,
-                  last_logits=jnp.where(running[:, None], logits[:, 0].astype(jnp.float32), ctx.last_logits))
+    last_logits = jnp.where(running[:, None], logits[:, 0].astype(jnp.float32), ctx.last_logits)
+    ctx = ctx.replace(cache=cache, next_pos=ctx.next_pos + running, last_logits=last_logits)
     lengths = lengths + running
     recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
     stopped = jnp.isin(token, eos)
@@ -264,9 +328,11 @@ def decode(cfg, params, ctx: Context, rng, active, *, max_new_tokens: int, tempe
     raise ValueError(f"top_p={top_p}; it must be in (0, 1]")
   if temperature < 0:
     raise ValueError(f"temperature={temperature}; it must be >= 0 (0 = greedy)")
+  _check_forms(params, ctx)
   if isinstance(rng, int):
     rng = jax.random.key(rng)
-  window = live_window(int(ctx.cache.index) + max_new_tokens, ctx.cache.valid.shape[1])
+  ctx = grow(ctx, int(ctx.cache.index) + max_new_tokens)
+  window = ctx.capacity
   # temperature and top_p enter as traced arrays, not Python floats: a float would be baked into the
   # compiled program as a constant, and every new value (a schedule, eval vs train) would recompile.
   return _decode_jit(cfg, params, ctx, rng, _like_rows(ctx, np.asarray(active, bool)),

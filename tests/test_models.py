@@ -226,9 +226,9 @@ def test_remat_gives_the_same_gradients(params):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
 
 
-def _prefill_and_step(cfg, params, tokens):
+def _prefill_and_step(cfg, params, tokens, split_cache=False):
   """A cached prefill of tokens[:, :5], then tokens[:, 5:] as one step: (its logits, the cache after)."""
-  cache = models.init_cache(cfg, tokens.shape[0], 16)
+  cache = models.init_cache(cfg, tokens.shape[0], 16, split=split_cache)
   _, _, cache = forward(cfg, params, tokens[:, :5], _positions(2, 5), cache=cache)
   step, _, after = forward(cfg, params, tokens[:, 5:], _positions(2, 1, 5), cache=cache)
   return step, after, cache
@@ -267,6 +267,17 @@ def test_per_layer_params_compute_the_stacked_function(params):
     outs.append((step, after.k, after.v, scored))
   for a, b in zip(*outs):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  # A split cache (per-layer buffers, the sampler's form with split params): the same step, and each
+  # layer's buffer holds what the stacked cache holds at [layer].
+  step, after, cache = _prefill_and_step(CFG, split, tokens, split_cache=True)
+  assert after.split and len(after.k) == CFG.num_layers and after.k[0].shape == outs[0][1].shape[1:]
+  np.testing.assert_allclose(step, outs[0][0], rtol=1e-5, atol=1e-6)
+  for name, stacked in (("k", outs[0][1]), ("v", outs[0][2])):
+    np.testing.assert_allclose(np.stack(getattr(after, name)), stacked, rtol=1e-5, atol=1e-6)
+  scored, _, _ = models.forward(CFG, split, tokens[:, 3:], _positions(2, 3, 5), cache=cache, append=False)
+  np.testing.assert_allclose(scored, outs[0][3], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="split KV cache"):
+    models.forward(CFG, params, tokens[:, 5:], _positions(2, 1, 5), cache=cache)
   lora_cfg = models.LoraConfig(rank=2, targets=("q", "down"))
   adapters = jax.tree.map(lambda a: a + 0.05, models.lora.init(CFG, lora_cfg, 3))  # B != 0: not the base
   attached = [models.lora.attach(p, adapters, lora_cfg) for p in (params, split)]

@@ -78,8 +78,9 @@ def _prefill(cfg, params, rows: list[list[int]], left: bool = False):
 
 def _decode(cfg, params, ctx, seed=0, temperature=0.0, top_p=1.0, active=None, **kw):
   active = np.ones(ctx.next_pos.shape, bool) if active is None else active
-  return sampling.decode(cfg, params, ctx, jax.random.key(seed), active, max_new_tokens=NEW,
-                         temperature=temperature, top_p=top_p, eos_ids=kw.pop("eos_ids", ()), **kw)
+  return sampling.decode(cfg, params, ctx, jax.random.key(seed), active,
+                         max_new_tokens=kw.pop("max_new_tokens", NEW), temperature=temperature, top_p=top_p,
+                         eos_ids=kw.pop("eos_ids", ()), **kw)
 
 
 @pytest.mark.parametrize("form", ["stacked", "split"])
@@ -186,8 +187,8 @@ def test_a_chunk_in_pieces_equals_one_call_and_compiles_per_window_only(llama):
 
 
 def test_a_large_context_decodes_like_a_small_one(llama):
-  """Attention reads a live window of the cache (128 slots here), not its capacity: a 1024-slot context
-  gives the tokens, log-probs and cache contents of a 64-slot one."""
+  """A context allocates the live part of its cache (128 slots here), not its max_len: a 1024-slot context
+  holds 128 slots and gives the tokens, log-probs and cache contents of a 64-slot one."""
   cfg, params = llama
   outs = {}
   for slots in (SLOTS, 1024):
@@ -196,12 +197,52 @@ def test_a_large_context_decodes_like_a_small_one(llama):
     outs[slots] = (out, ctx)
   (small, small_ctx), (large, large_ctx) = outs[SLOTS], outs[1024]
   assert sampling.live_window(16 + NEW, 1024) == 128 and sampling.live_window(300, 1024) == 384
+  assert (small_ctx.capacity, small_ctx.limit) == (SLOTS, SLOTS)
+  assert (large_ctx.capacity, large_ctx.limit) == (128, 1024) and large_ctx.cache.k.shape[3] == 128
   np.testing.assert_array_equal(np.asarray(small.tokens), np.asarray(large.tokens))
   np.testing.assert_allclose(np.asarray(small.logprobs), np.asarray(large.logprobs), atol=1e-5)
   used = int(small_ctx.cache.index)   # slots past it hold invalid padding (a 128-token piece in the big one)
   np.testing.assert_allclose(np.asarray(small_ctx.cache.k)[:, :, :, :used],
                              np.asarray(large_ctx.cache.k)[:, :, :, :used], atol=1e-5)
   assert int(large_ctx.cache.index) == used and not np.asarray(large_ctx.cache.valid)[:, used:].any()
+
+
+@pytest.mark.parametrize("form", ["stacked", "split"])
+def test_a_growing_cache_gives_what_a_full_size_one_gives(llama, form):
+  """Turns appended and decoded into a context that starts at 128 slots and grows by buckets (128 -> 192
+  -> 256 -> 384) give the tokens, log-probs and cache contents of one allocated at its full 512 slots
+  from the start (the layout before contexts grew), in both cache forms; growth stops at max_len."""
+  cfg, params = llama
+  cfg = cfg.replace(sampler_layers=form)
+  params = sampling.sampler_params(cfg, params)
+  full = sampling._context_maker(cfg, 3, 512, None)().replace(max_len=512)
+  grown = sampling.new_context(cfg, 3, 512)
+  assert grown.capacity == 128 and full.capacity == 512 and grown.cache.split == (form == "split")
+  capacities, results = [], {}
+  for name, ctx in (("grown", grown), ("full", full)):
+    outs = []
+    for turn in range(4):   # 4 turns of a 70-token chunk and 24 sampled tokens: 376 slots in use
+      chunk = np.random.default_rng(turn).integers(3, 200, (3, 70))
+      ctx = sampling.extend(cfg, params, ctx, chunk, np.ones((3, 70), bool), piece=32)
+      ctx, out = _decode(cfg, params, ctx, seed=turn, temperature=1.0, max_new_tokens=24)
+      outs.append(out)
+      if name == "grown":
+        capacities.append(ctx.capacity)
+    results[name] = (outs, ctx)
+  assert capacities == [128, 192, 384, 384]
+  for a, b in zip(results["grown"][0], results["full"][0]):
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+  used = int(results["full"][1].cache.index)
+  assert used == 4 * (70 + 24) and int(results["grown"][1].cache.index) == used
+  keys = [np.asarray(c.cache.k if not c.cache.split else np.stack(c.cache.k))[..., :used, :]
+          for c in (results["grown"][1], results["full"][1])]
+  np.testing.assert_allclose(keys[0], keys[1], atol=1e-5)
+  big = sampling.grow(results["grown"][1], 10_000)   # past max_len: the cache stops at 512 slots
+  assert big.capacity == 512 and not np.asarray(big.cache.valid)[:, used:].any()
+  if form == "split":   # a split cache with the stacked params: a one-line error, not a wrong answer
+    with pytest.raises(ValueError, match="sampler_params"):
+      sampling.extend(cfg, llama[1], sampling.new_context(cfg, 3, 64), np.ones((3, 4)), np.ones((3, 4)))
 
 
 def test_rows_without_valid_tokens_and_inactive_rows_are_unchanged(llama):

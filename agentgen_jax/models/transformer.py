@@ -24,18 +24,32 @@ _MASKED = -1e30
 class KVCache:
   """Keys and values of every layer; slot s of row b counts only where valid[b, s]."""
   # Heads before slots: a layer's window [B, Hkv, :W, Dh] is what the attention matmuls read, as is.
-  k: jax.Array      # [L, B, Hkv, S, Dh] compute dtype
-  v: jax.Array      # [L, B, Hkv, S, Dh] compute dtype
+  # Stacked, k and v are [L, B, Hkv, S, Dh]; split (init_cache(split=True), for split_layers' params),
+  # they are tuples of L per-layer [B, Hkv, S, Dh] buffers.
+  k: jax.Array | tuple      # compute dtype
+  v: jax.Array | tuple      # compute dtype
   valid: jax.Array  # [B, S] bool
   # An int32 scalar array, not a Python int: advancing it must not change the jit cache key.
   index: jax.Array  # [] int32: the first slot the next forward writes
 
+  @property
+  def split(self) -> bool:
+    """Whether k and v are per-layer buffers (init_cache(split=True))."""
+    return isinstance(self.k, tuple)
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
-  """An empty cache of max_len slots per row."""
-  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-  return KVCache(k=jnp.zeros(shape, cfg.dtype), v=jnp.zeros(shape, cfg.dtype),
-                 valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, split: bool = False) -> KVCache:
+  """An empty cache of max_len slots per row. split: k and v as L per-layer buffers, the form that goes
+  with split_layers' params on XLA:CPU: a layer's attention then reads its own buffer where a stacked
+  cache had each layer's [B, Hkv, W, Dh] copied out of the stack in every decode step."""
+  shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+  if split:
+    k = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
+    v = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
+  else:
+    k = jnp.zeros((cfg.num_layers, *shape), cfg.dtype)
+    v = jnp.zeros((cfg.num_layers, *shape), cfg.dtype)
+  return KVCache(k=k, v=v, valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
 
 def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
@@ -160,6 +174,8 @@ def _dense(cfg: ModelConfig, features: int, name: str, bias: bool = False) -> nn
 class Block(nn.Module):
   """One decoder layer under nn.scan. The carry holds x and the whole stacked cache, which is updated in
   place at [layer, :, index:index+T]: scanning the cache as xs -> ys would copy all of it every step.
+  Under split params (Decoder.split) the carry may hold this layer's own cache buffers instead (a split
+  KVCache), updated in place at [:, :, index:index+T].
 
   Attention reads only the cache's first `window` slots (a static size: the live part, so that a step's cost
   follows the tokens in the cache, not its capacity). With append=False the new keys are not written: they
@@ -189,14 +205,20 @@ class Block(nn.Module):
     if k_cache is None:
       k_all, v_all = k, v
     else:
-      window = self.window or k_cache.shape[3]
-      if self.append:
-        start = (layer, 0, 0, index, 0)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
-      live = (1, b, kv, window, dh)
-      k_all = jax.lax.dynamic_slice(k_cache, (layer, 0, 0, 0, 0), live)[0]
-      v_all = jax.lax.dynamic_slice(v_cache, (layer, 0, 0, 0, 0), live)[0]
+      window = self.window or k_cache.shape[-2]
+      if k_cache.ndim == 4:  # this layer's own buffer (a split cache)
+        if self.append:
+          k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
+          v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+        k_all, v_all = k_cache[:, :, :window], v_cache[:, :, :window]
+      else:  # the stacked cache, written and read at [layer]
+        if self.append:
+          start = (layer, 0, 0, index, 0)
+          k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
+          v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
+        live = (1, b, kv, window, dh)
+        k_all = jax.lax.dynamic_slice(k_cache, (layer, 0, 0, 0, 0), live)[0]
+        v_all = jax.lax.dynamic_slice(v_cache, (layer, 0, 0, 0, 0), live)[0]
       if not self.append:
         k_all = jnp.concatenate([k_all, k.astype(k_all.dtype)], axis=2)
         v_all = jnp.concatenate([v_all, v.astype(v_all.dtype)], axis=2)
@@ -311,12 +333,22 @@ class Decoder(nn.Module):
     block = _remat(Block, cfg.remat)
     k_cache, v_cache = kv if kv is not None else (None, None)
     carry = (x, k_cache, v_cache)
+    per_layer = isinstance(k_cache, tuple)
+    if per_layer and not self.split:
+      raise ValueError("a split KV cache (init_cache(split=True)) needs split params (models.split_layers)")
     if self.split:
       # Per-layer params (split_layers; _apply names them layers_<i>): straight-line code whose matmuls read
-      # each layer's own weight buffers.
+      # each layer's own weight buffers, and with a split cache each layer's own cache buffers.
+      ks, vs = list(k_cache) if per_layer else None, list(v_cache) if per_layer else None
       for i in range(cfg.num_layers):
+        if per_layer:
+          carry = (carry[0], ks[i], vs[i])
         carry, _ = block(cfg, self.window, self.append, self.branches, self.causal, name=f"layers_{i}")(
             carry, i, rope, mask, index)
+        if per_layer:
+          ks[i], vs[i] = carry[1], carry[2]
+      if per_layer:
+        carry = (carry[0], tuple(ks), tuple(vs))
     else:
       # Unrolled, the layers are straight-line code over the same stacked params: no loop-carried stacks of
       # residuals to fill and slice (ModelConfig.unroll_layers; "learner": the forwards without a cache).

@@ -46,6 +46,7 @@ def run(quick: bool) -> list[dict]:
            "ours": large, "reference": small, "reference_name": "256 slots", "unit": "ms",
            "target": f"<= {TARGET}x", "met": large <= TARGET * small,
            "notes": (f"tiny model float32, batch {batch}, 40 tokens in the cache, 16 greedy steps; "
-                     f"medians of {repeats} interleaved runs; attention reads a live window (bucket of the "
-                     f"slots in use, >= 128) of the cache, not its capacity; load average {load:.1f} on "
+                     f"medians of {repeats} interleaved runs; a context allocates the live part of its cache "
+                     f"(a bucket of the slots in use, >= 128) and grows by buckets up to its capacity, so "
+                     f"attention reads what is in use; load average {load:.1f} on "
                      f"{os.cpu_count()} cores")}]
