@@ -421,11 +421,23 @@ SHARDED_SCRIPT = textwrap.dedent("""
       assert len(ctx.cache.k.sharding.device_set) == 8, ctx.cache.k.sharding
       assert ctx.cache.k.addressable_shards[0].data.shape[1] == 1
     out[name] = np.asarray(gen.tokens).tolist()
+    # A context that grows (128 -> 192 slots) keeps its rows sharded over the mesh.
+    big = sampling.new_context(cfg, 8, 512, mesh=mesh)
+    chunk = rng.integers(3, 90, size=(8, 150)) if name == "one" else out["chunk"]
+    out["chunk"] = chunk
+    big = sampling.extend(cfg, p, big, chunk, np.ones(chunk.shape, bool), piece=64)
+    big, grown = sampling.decode(cfg, p, big, jax.random.key(1), np.ones(8, bool), max_new_tokens=8,
+                                 temperature=1.0, top_p=0.95, eos_ids=())
+    assert big.capacity == 192, big.capacity
+    if mesh is not None:
+      assert big.cache.k.addressable_shards[0].data.shape[1] == 1, big.cache.k.sharding
+    out[name + "_grown"] = np.asarray(grown.tokens).tolist()
     # The text API: 3 prompts padded to a batch of 8 (a multiple of the data axis).
     sampler = sampling.Sampler(cfg, params, test_sampling._word_tokenizer(), max_len=64, mesh=mesh)
     texts = sampler.generate(["w5 w17 w33", "w60 w3", "w8 w80 w44 w23"], max_new_tokens=8,
                              temperature=0.8, seed=3)
     out[name + "_text"] = [r.tokens for r in texts]
+  del out["chunk"]
   print(json.dumps(out))
 """)
 
@@ -443,4 +455,5 @@ def test_sharded_generation_matches_one_device(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["one"] == out["eight"]
+  assert out["one_grown"] == out["eight_grown"]
   assert out["one_text"] == out["eight_text"]
