@@ -328,7 +328,8 @@ def run(quick: bool) -> list[dict]:
            episode_tps["ours"] >= EPISODE_TARGET * episode_tps["tunix_roomy"],
            f"as above, but Tunix's one sampler has the cache a rollout sizes before the episode starts "
            f"({capacity} slots, the same capacity as ours: RolloutConfig.slots()); its decode attends over "
-           f"every slot, ours over the live window; tokens identical to the exact-size run: "
+           f"every slot; ours allocates the slots in use (by buckets) and attends over them; tokens "
+           f"identical to the exact-size run: "
            f"{bool(np.array_equal(episodes['tunix_roomy'][0], episodes['tunix'][0]))}"),
       _row("compile, single turn", compile_s(single)["ours"], compile_s(single)["tunix"], "s",
            notes="first call minus the median warm call; jax's caches cleared before the first calls"),
