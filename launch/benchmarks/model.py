@@ -174,15 +174,16 @@ def sampler_rows(quick: bool) -> list[dict]:
 
 
 def _cached_step_ms(cfg, params, batch: int, slots: int) -> float:
-  """Milliseconds of one jitted single-token models.forward with a cache of `slots` slots (best of 3)."""
+  """Milliseconds of one jitted single-token models.forward with a cache of `slots` slots (best of 3), params
+  and cache in the sampler's form."""
   token, position = jnp.ones((batch, 1), jnp.int32), jnp.full((batch, 1), 8, jnp.int32)
   params = sampling.sampler_params(cfg, params)
   step = jax.jit(lambda p, c: models.forward(cfg, p, token, position, cache=c)[2], donate_argnums=1)
-  cache = [models.init_cache(cfg, batch, slots)]
+  cache = [models.init_cache(cfg, batch, slots, split=sampling.split_cache(cfg))]  # as a rollout's context
 
   def one():
     cache[0] = step(params, cache[0]).replace(index=jnp.int32(8))
-    cache[0].k.block_until_ready()
+    jax.block_until_ready(cache[0])
 
   one()
   return 1000 * _best_time(one, 3)
@@ -252,8 +253,8 @@ def _decode_notes(cfg, params, batch, new_tokens, ours_s, ref_s, slots) -> str:
     slower = (f" Our step is {ours_ms - ref_ms:.0f} ms slower; the difference lies outside the weight "
               f"matmuls, in attention over the cache: in this run one cached models.forward of one token "
               f"takes {small:.0f} ms with 16 cache slots and {large:.0f} ms with {slots} ({cache_mb:.0f} MB "
-              f"of cache). Attention reads a window of the cache, each layer's sliced out of the stacked "
-              f"[L, B, Hkv, S, Dh] cache before its matmuls.")
+              f"of cache, in the sampler's form: "
+              f"{'per-layer buffers' if sampling.split_cache(cfg) else 'stacked [L, B, Hkv, S, Dh]'}).")
   return (f"Per decode step (batch {batch}): ours {ours_ms:.0f} ms, transformers {ref_ms:.0f} ms. A step "
           f"multiplies [{batch}, {cfg.hidden_size}] activations with all {weight_mb:.0f} MB of float32 "
           f"weights: on a CPU both frameworks spend most of it in those matmuls, and what jit removes "
