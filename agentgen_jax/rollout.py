@@ -261,10 +261,12 @@ def _pack_candidates(candidates: list[list[list[int]]], next_pos: np.ndarray, si
 def _score_packed(cfg, params, ctx, packed, temperature: float, mesh=None):
   """(untempered, tempered) log-probs [rows, count * size] (this process's rows) of the candidates that
   _pack_candidates laid out, one _score_candidates call per piece: every call has the shape [B, size], so
-  the compiled program depends on the attention window only."""
+  the compiled program depends on the cache's capacity only. The candidates attend over the whole allocated
+  cache (it grows with the context: sampling.grow), as extend and decode do: a smaller window would be
+  copied out of it."""
   tokens, valid, positions, first, _, attn = packed
   size = attn.shape[-1]
-  window = sampling.live_window(int(ctx.cache.index), ctx.cache.valid.shape[1])
+  window = ctx.capacity
   scored = []
   for j in range(attn.shape[1]):
     cut = slice(j * size, (j + 1) * size)

@@ -64,9 +64,10 @@ def bucket(n: int, minimum: int = 16) -> int:
 
 
 def live_window(needed: int, capacity: int) -> int:
-  """The static attention window for a call that leaves `needed` slots in use: bucket(needed) (at least
-  128, so that short contexts share one program), at most the capacity. Attention then costs what the
-  live cache holds, within a bucket, whatever the context's capacity."""
+  """The cache slots a context allocates (grow) for a call that leaves `needed` slots in use, and so that
+  call's static attention window: bucket(needed) (at least 128, so that short contexts share one
+  program), at most the capacity. Attention then costs what the live cache holds, within a bucket,
+  whatever the context's capacity."""
   return min(bucket(needed, minimum=128), capacity)
 
 
@@ -75,9 +76,7 @@ def sampler_params(cfg, params, mesh=None):
   (models.split_layers) when cfg.sampler_layers is "split" and there is no mesh, else as they are (a
   mesh's programs take the stacked params in their FSDP shardings). Once per batch of rollouts: the
   split copies the layer weights."""
-  if cfg.sampler_layers == "split" and mesh is None:
-    return models.split_layers(params)
-  return params
+  return models.split_layers(params) if split_cache(cfg, mesh) else params
 
 
 def split_cache(cfg, mesh=None) -> bool:
@@ -126,25 +125,20 @@ def grow(ctx: Context, needed: int) -> Context:
   size = live_window(needed, ctx.limit)
   if size <= ctx.capacity:
     return ctx
-  sharding = ctx.cache.valid.sharding
-  mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
-  return _grower(size, mesh)(ctx)
+  return _pad_cache(ctx, size=size)
 
 
-@functools.lru_cache(maxsize=64)
-def _grower(size: int, mesh):
-  """A compiled Context -> Context that pads the cache to `size` slots."""
-  def pad(ctx):
-    cache = ctx.cache
-    extra = size - cache.valid.shape[1]
-    def slots(x):  # k / v: slots on axis -2
-      return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra), (0, 0)])
-    return ctx.replace(cache=cache.replace(k=jax.tree.map(slots, cache.k), v=jax.tree.map(slots, cache.v),
-                                           valid=jnp.pad(cache.valid, [(0, 0), (0, extra)])))
-  # Under a mesh the padded arrays keep their inputs' row shardings (the pad is along the slots). No
-  # donation: the old buffers are smaller than any output, XLA could not reuse them.
-  del mesh
-  return jax.jit(pad)
+@functools.partial(jax.jit, static_argnames="size")
+def _pad_cache(ctx: Context, *, size: int) -> Context:
+  """ctx with its cache padded to `size` slots (empty, invalid). Under a mesh the padded arrays keep their
+  inputs' row shardings (the pad is along the slots). No donation: the old buffers are smaller than any
+  output, XLA could not reuse them."""
+  cache = ctx.cache
+  extra = size - cache.valid.shape[1]
+  def slots(x):  # k / v: slots on axis -2
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra), (0, 0)])
+  return ctx.replace(cache=cache.replace(k=jax.tree.map(slots, cache.k), v=jax.tree.map(slots, cache.v),
+                                         valid=jnp.pad(cache.valid, [(0, 0), (0, extra)])))
 
 
 def extend_step(cfg, params, ctx: Context, tokens: jax.Array, valid: jax.Array, window: int,
