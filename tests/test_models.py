@@ -345,3 +345,46 @@ def test_linear_has_the_einsums_value_and_gradients(transposed, dtype, out_dtype
 def test_unknown_remat_policy_names_the_choices():
   with pytest.raises(ValueError, match="remat='some'; valid: none, full, dots"):
     CFG.replace(remat="some")
+
+
+def _attention64(q, k, v, mask):
+  """Masked softmax attention in float64 numpy: q [B, T, H, Dh], k, v [B, Hkv, S, Dh] -> [B, T, H * Dh]."""
+  b, t, h, dh = q.shape
+  g = h // k.shape[1]
+  kh, vh = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)   # query head j reads KV head j // g
+  s = np.einsum("bthd,bhsd->bhts", q, kh) / np.sqrt(dh)
+  s = np.where(mask[:, None], s, -1e30)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhts,bhsd->bthd", p, vh).reshape(b, t, h * dh)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_has_the_softmax_attentions_value_and_gradients(dtype):
+  # The attention's backward is written out (recomputed probabilities, dS = P (dP - rowsum(dO O))): value
+  # and gradients must be those of plain masked softmax attention, checked against float64 numpy central
+  # differences; GQA (4 heads on 2), a padded key, and a query row that sees nothing (uniform, as softmax).
+  from agentgen_jax.models import transformer
+  rng = np.random.default_rng(0)
+  b, t, s, h, kv, dh = 2, 3, 5, 4, 2, 8
+  q64 = rng.normal(size=(b, t, h, dh))
+  k64, v64 = rng.normal(size=(b, kv, s, dh)), rng.normal(size=(b, kv, s, dh))
+  ct = rng.normal(size=(b, t, h * dh))
+  mask = rng.random((b, t, s)) < 0.7
+  mask[:, :, 0] = True
+  mask[1, 2] = False
+  args = [jnp.asarray(x, dtype) for x in (q64, k64, v64)]
+  out, vjp = jax.vjp(lambda q, k, v: transformer._attend(q, k, v, jnp.asarray(mask), jnp.dtype(dtype)), *args)
+  grads = vjp(jnp.asarray(ct, out.dtype))
+  assert out.dtype == jnp.dtype(dtype) and all(g.dtype == jnp.dtype(dtype) for g in grads)
+  rounded = [np.asarray(x, np.float64) for x in args]
+  tol = 1e-5 if dtype == "float32" else 5e-2
+  np.testing.assert_allclose(np.asarray(out, np.float64), _attention64(*rounded, mask), rtol=tol, atol=tol)
+  for i, grad in enumerate(grads):
+    want = np.zeros_like(rounded[i])
+    for j in np.ndindex(want.shape):
+      plus, minus = [x.copy() for x in rounded], [x.copy() for x in rounded]
+      plus[i][j] += 1e-6
+      minus[i][j] -= 1e-6
+      want[j] = np.sum((_attention64(*plus, mask) - _attention64(*minus, mask)) * ct) / 2e-6
+    np.testing.assert_allclose(np.asarray(grad, np.float64), want, rtol=tol, atol=tol)
